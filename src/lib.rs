@@ -1,0 +1,9 @@
+//! asyncthink: a Qwen3 engine built for asynchronous thinking.
+//!
+//! Layout follows the architecture: `model` (config, weights, the one generic Qwen3),
+//! `backend` (CPU reference; CUDA later), `kv` (the paged cache), `engine` (sampling,
+//! generation, batching), `asyncthink` (protocol, executor), `train`, `cli`.
+
+pub mod error;
+
+pub use error::{Error, Result};

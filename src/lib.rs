@@ -2,8 +2,13 @@
 //!
 //! Layout follows the architecture: `model` (config, weights, the one generic Qwen3),
 //! `backend` (CPU reference; CUDA later), `kv` (the paged cache), `engine` (sampling,
-//! generation, batching), `asyncthink` (protocol, executor), `train`, `cli`.
+//! generation, batching), `tokenizer`, `cli`.
 
+pub mod backend;
+pub mod engine;
 pub mod error;
+pub mod kv;
+pub mod model;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,316 @@
+//! The CPU reference backend: f32 activations, f32 or bf16 weights, rayon across rows
+//! and heads. It runs everywhere and is the oracle the CUDA backend is tested against.
+
+mod activation;
+mod attention;
+pub mod matmul;
+mod norm;
+mod rope;
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::{AttentionShape, Backend};
+use crate::kv::KvLayout;
+use crate::model::batch::ForwardBatch;
+use crate::model::checkpoint::HostTensor;
+use crate::model::config::DType;
+use crate::model::rope::Rope;
+use crate::{Error, Result};
+
+/// Row-major `[rows, cols]` f32 activations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuTensor {
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
+        debug_assert_eq!(data.len(), rows * cols);
+        CpuTensor { data, rows, cols }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+}
+
+/// A parameter. bf16 checkpoints stay bf16 in memory (half the bytes to stream per
+/// decoded token); f16 is widened to f32 at load, since it has no cheap widening trick.
+#[derive(Debug, Clone)]
+pub enum CpuWeight {
+    F32 { data: Vec<f32>, shape: Vec<usize> },
+    Bf16 { data: Vec<bf16>, shape: Vec<usize> },
+}
+
+impl CpuWeight {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            CpuWeight::F32 { shape, .. } | CpuWeight::Bf16 { shape, .. } => shape,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.shape().first().copied().unwrap_or(1)
+    }
+
+    pub fn cols(&self) -> usize {
+        self.shape().iter().skip(1).product()
+    }
+
+    /// Row `r` widened to f32 (embedding lookup, norm weights).
+    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let c = self.cols();
+        match self {
+            CpuWeight::F32 { data, .. } => data[r * c..(r + 1) * c].to_vec(),
+            CpuWeight::Bf16 { data, .. } => data[r * c..(r + 1) * c]
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+        }
+    }
+
+    /// The whole parameter as f32 (1-D norm weights).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            CpuWeight::F32 { data, .. } => data.clone(),
+            CpuWeight::Bf16 { data, .. } => data.iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+}
+
+/// K and V pools of every layer in the shared paged layout, f32.
+pub struct CpuKvCache {
+    pub layout: KvLayout,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl CpuKvCache {
+    fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        let n = self.layout.layer_elems();
+        (
+            &self.k[layer * n..(layer + 1) * n],
+            &self.v[layer * n..(layer + 1) * n],
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBackend;
+
+fn shape_err(op: &str, msg: String) -> Error {
+    Error::Backend {
+        backend: "cpu",
+        msg: format!("{op}: {msg}"),
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn load_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight> {
+        let shape = t.shape.clone();
+        Ok(match t.dtype {
+            DType::BF16 => CpuWeight::Bf16 {
+                data: t.to_bf16(),
+                shape,
+            },
+            DType::F32 | DType::F16 => CpuWeight::F32 {
+                data: t.to_f32(),
+                shape,
+            },
+        })
+    }
+
+    fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKvCache> {
+        let n = layout.total_elems();
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        k.try_reserve_exact(n)
+            .and_then(|_| v.try_reserve_exact(n))
+            .map_err(|e| {
+                Error::KvCacheFull(format!(
+                    "cannot allocate {} KV blocks ({e})",
+                    layout.num_blocks
+                ))
+            })?;
+        k.resize(n, 0.0);
+        v.resize(n, 0.0);
+        Ok(CpuKvCache { layout, k, v })
+    }
+
+    fn embedding(&self, table: &CpuWeight, ids: &[u32]) -> Result<CpuTensor> {
+        let (vocab, hidden) = (table.rows(), table.cols());
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        let mut data = vec![0f32; ids.len() * hidden];
+        data.par_chunks_mut(hidden)
+            .zip(ids.par_iter())
+            .for_each(|(row, &id)| row.copy_from_slice(&table.row_f32(id as usize)));
+        Ok(CpuTensor::new(data, ids.len(), hidden))
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuWeight, eps: f32) -> Result<CpuTensor> {
+        let w = weight.to_f32();
+        if w.len() != x.cols {
+            return Err(shape_err(
+                "rms_norm",
+                format!("weight {} vs width {}", w.len(), x.cols),
+            ));
+        }
+        Ok(norm::rms_norm(x, &w, eps))
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CpuTensor,
+        delta: &CpuTensor,
+        weight: &CpuWeight,
+        eps: f32,
+    ) -> Result<CpuTensor> {
+        self.add_assign(residual, delta)?;
+        self.rms_norm(residual, weight, eps)
+    }
+
+    fn add_assign(&self, residual: &mut CpuTensor, delta: &CpuTensor) -> Result<()> {
+        if (residual.rows, residual.cols) != (delta.rows, delta.cols) {
+            return Err(shape_err(
+                "add",
+                format!(
+                    "{}x{} vs {}x{}",
+                    residual.rows, residual.cols, delta.rows, delta.cols
+                ),
+            ));
+        }
+        residual
+            .data
+            .par_iter_mut()
+            .zip(delta.data.par_iter())
+            .for_each(|(r, d)| *r += d);
+        Ok(())
+    }
+
+    fn linear(&self, x: &CpuTensor, weight: &CpuWeight) -> Result<CpuTensor> {
+        if weight.cols() != x.cols {
+            return Err(shape_err(
+                "linear",
+                format!("weight {:?} vs input width {}", weight.shape(), x.cols),
+            ));
+        }
+        let out = matmul::linear(&x.data, x.rows, x.cols, weight);
+        Ok(CpuTensor::new(out, x.rows, weight.rows()))
+    }
+
+    fn qk_norm_rope(
+        &self,
+        q: &mut CpuTensor,
+        k: &mut CpuTensor,
+        q_norm: &CpuWeight,
+        k_norm: &CpuWeight,
+        shape: AttentionShape,
+        eps: f32,
+        rope: &Rope,
+        positions: &[u32],
+    ) -> Result<()> {
+        if q.cols != shape.num_heads * shape.head_dim
+            || k.cols != shape.num_kv_heads * shape.head_dim
+        {
+            return Err(shape_err(
+                "qk_norm_rope",
+                format!("q width {} / k width {} vs {shape:?}", q.cols, k.cols),
+            ));
+        }
+        rope::qk_norm_rope(
+            q,
+            k,
+            &q_norm.to_f32(),
+            &k_norm.to_f32(),
+            shape.head_dim,
+            eps,
+            rope,
+            positions,
+        );
+        Ok(())
+    }
+
+    fn write_kv(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        slot_mapping: &[u32],
+    ) -> Result<()> {
+        let l = cache.layout;
+        let capacity = l.num_blocks * l.block_size;
+        if let Some(&s) = slot_mapping.iter().find(|&&s| s as usize >= capacity) {
+            return Err(shape_err(
+                "write_kv",
+                format!("slot {s} beyond the cache's {capacity} slots"),
+            ));
+        }
+        let base = layer * l.layer_elems();
+        for (row, &slot) in slot_mapping.iter().enumerate() {
+            for h in 0..l.num_kv_heads {
+                let dst = base + l.slot_offset(slot as usize, h);
+                let src = row * k.cols + h * l.head_dim;
+                cache.k[dst..dst + l.head_dim].copy_from_slice(&k.data[src..src + l.head_dim]);
+                cache.v[dst..dst + l.head_dim].copy_from_slice(&v.data[src..src + l.head_dim]);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        batch: &ForwardBatch,
+        shape: AttentionShape,
+    ) -> Result<CpuTensor> {
+        let (k, v) = cache.layer(layer);
+        Ok(attention::paged_attention(
+            q,
+            k,
+            v,
+            &cache.layout,
+            batch,
+            shape,
+        ))
+    }
+
+    fn swiglu(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        if (gate.rows, gate.cols) != (up.rows, up.cols) {
+            return Err(shape_err("swiglu", "gate and up differ in shape".into()));
+        }
+        Ok(activation::swiglu(gate, up))
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {
+        let mut data = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            if r as usize >= x.rows {
+                return Err(shape_err("gather_rows", format!("row {r} of {}", x.rows)));
+            }
+            data.extend_from_slice(x.row(r as usize));
+        }
+        Ok(CpuTensor::new(data, rows.len(), x.cols))
+    }
+
+    fn to_host(&self, x: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+}

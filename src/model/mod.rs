@@ -1,0 +1,12 @@
+//! Qwen3: configuration, checkpoint reading, and the one model generic over a backend.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod qwen3;
+pub mod rope;
+
+pub use batch::ForwardBatch;
+pub use checkpoint::Checkpoint;
+pub use config::Qwen3Config;
+pub use qwen3::Qwen3;

@@ -1,0 +1,155 @@
+//! Qwen3, written once over the `Backend` trait. The data path reads top to bottom:
+//! embed → N × (norm → attention → residual → norm → SwiGLU MLP → residual) → norm → lm_head.
+
+use std::path::Path;
+
+use super::batch::ForwardBatch;
+use super::checkpoint::Checkpoint;
+use super::config::Qwen3Config;
+use super::rope::Rope;
+use crate::backend::{AttentionShape, Backend};
+use crate::kv::KvLayout;
+use crate::{Error, Result};
+
+pub struct Layer<B: Backend> {
+    pub input_norm: B::Weight,
+    pub q_proj: B::Weight,
+    pub k_proj: B::Weight,
+    pub v_proj: B::Weight,
+    pub o_proj: B::Weight,
+    pub q_norm: B::Weight,
+    pub k_norm: B::Weight,
+    pub post_attention_norm: B::Weight,
+    pub gate_proj: B::Weight,
+    pub up_proj: B::Weight,
+    pub down_proj: B::Weight,
+}
+
+pub struct Qwen3<B: Backend> {
+    pub config: Qwen3Config,
+    pub backend: B,
+    pub embed_tokens: B::Weight,
+    /// None when the embeddings are tied: logits use `embed_tokens`.
+    pub lm_head: Option<B::Weight>,
+    pub layers: Vec<Layer<B>>,
+    pub final_norm: B::Weight,
+    pub rope: Rope,
+}
+
+impl<B: Backend> Qwen3<B> {
+    /// Loads `config.json` and the safetensors weights of a Hugging Face model directory.
+    pub fn load(backend: B, dir: &Path) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_checkpoint(backend, config, &ckpt)
+    }
+
+    pub fn from_checkpoint(backend: B, config: Qwen3Config, ckpt: &Checkpoint) -> Result<Self> {
+        let c = &config;
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let get = |name: &str, shape: &[usize]| -> Result<B::Weight> {
+            backend.load_weight(&ckpt.get_shaped(name, shape)?)
+        };
+        let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(get("lm_head.weight", &[c.vocab_size, h])?)
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                Ok(Layer {
+                    input_norm: get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                    q_proj: get(&format!("{p}.self_attn.q_proj.weight"), &[c.q_dim(), h])?,
+                    k_proj: get(&format!("{p}.self_attn.k_proj.weight"), &[c.kv_dim(), h])?,
+                    v_proj: get(&format!("{p}.self_attn.v_proj.weight"), &[c.kv_dim(), h])?,
+                    o_proj: get(&format!("{p}.self_attn.o_proj.weight"), &[h, c.q_dim()])?,
+                    q_norm: get(&format!("{p}.self_attn.q_norm.weight"), &[d])?,
+                    k_norm: get(&format!("{p}.self_attn.k_norm.weight"), &[d])?,
+                    post_attention_norm: get(
+                        &format!("{p}.post_attention_layernorm.weight"),
+                        &[h],
+                    )?,
+                    gate_proj: get(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
+                    up_proj: get(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
+                    down_proj: get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = get("model.norm.weight", &[h])?;
+        let rope = Rope::new(d, c.rope_theta);
+        Ok(Qwen3 {
+            config,
+            backend,
+            embed_tokens,
+            lm_head,
+            layers,
+            final_norm,
+            rope,
+        })
+    }
+
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            num_heads: self.config.num_attention_heads,
+            num_kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    pub fn kv_layout(&self, num_blocks: usize, block_size: usize) -> KvLayout {
+        KvLayout {
+            num_layers: self.config.num_hidden_layers,
+            num_blocks,
+            block_size,
+            num_kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// One step over a mixed batch: writes every token's K/V into the cache and returns
+    /// logits `[batch.logits_rows.len(), vocab]`.
+    pub fn forward(&self, batch: &ForwardBatch, kv: &mut B::KvCache) -> Result<B::Tensor> {
+        if batch.token_ids.is_empty() {
+            return Err(Error::InvalidInput("forward of an empty batch".into()));
+        }
+        let b = &self.backend;
+        let eps = self.config.rms_norm_eps;
+        let shape = self.attention_shape();
+
+        let mut residual = b.embedding(&self.embed_tokens, &batch.token_ids)?;
+        let mut x = b.rms_norm(&residual, &self.layers[0].input_norm, eps)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut q = b.linear(&x, &layer.q_proj)?;
+            let mut k = b.linear(&x, &layer.k_proj)?;
+            let v = b.linear(&x, &layer.v_proj)?;
+            b.qk_norm_rope(
+                &mut q,
+                &mut k,
+                &layer.q_norm,
+                &layer.k_norm,
+                shape,
+                eps,
+                &self.rope,
+                &batch.positions,
+            )?;
+            b.write_kv(kv, l, &k, &v, &batch.slot_mapping)?;
+            let attn = b.attention(&q, kv, l, batch, shape)?;
+            let attn_out = b.linear(&attn, &layer.o_proj)?;
+            x = b.add_rms_norm(&mut residual, &attn_out, &layer.post_attention_norm, eps)?;
+
+            let gate = b.linear(&x, &layer.gate_proj)?;
+            let up = b.linear(&x, &layer.up_proj)?;
+            let mlp_out = b.linear(&b.swiglu(&gate, &up)?, &layer.down_proj)?;
+            // The next layer's input norm (or the final norm) is fused with this residual add.
+            let next_norm = self
+                .layers
+                .get(l + 1)
+                .map_or(&self.final_norm, |n| &n.input_norm);
+            x = b.add_rms_norm(&mut residual, &mlp_out, next_norm, eps)?;
+        }
+        let rows = b.gather_rows(&x, &batch.logits_rows)?;
+        b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed_tokens))
+    }
+}

@@ -1,0 +1,130 @@
+//! tokenizer.json through the `tokenizers` crate, plus what Qwen3 adds around it: the
+//! chat template and the end-of-sequence ids from generation_config.json.
+
+pub mod chat;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+pub use chat::{ChatMessage, ChatTemplateOptions};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Ids that end generation: generation_config.json's eos_token_id when present,
+    /// else tokenizer_config.json's eos_token, else Qwen's `<|im_end|>`/`<|endoftext|>`.
+    pub eos_ids: Vec<u32>,
+}
+
+impl Tokenizer {
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::from_parts(
+            &bytes,
+            read_json(&dir.join("generation_config.json"))?,
+            read_json(&dir.join("tokenizer_config.json"))?,
+        )
+        .map_err(|e| match e {
+            Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// `tokenizer_json` is the file's bytes; the configs are optional parsed JSON.
+    pub fn from_parts(
+        tokenizer_json: &[u8],
+        generation_config: Option<Value>,
+        tokenizer_config: Option<Value>,
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut eos_ids: Vec<u32> = match generation_config
+            .as_ref()
+            .and_then(|g| g.get("eos_token_id"))
+        {
+            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|x| x as u32)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if eos_ids.is_empty() {
+            let named = tokenizer_config
+                .as_ref()
+                .and_then(|t| t.get("eos_token"))
+                .and_then(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Object(o) => {
+                        o.get("content").and_then(Value::as_str).map(str::to_string)
+                    }
+                    _ => None,
+                });
+            let candidates = named
+                .into_iter()
+                .chain(["<|im_end|>".to_string(), "<|endoftext|>".to_string()]);
+            for tok in candidates {
+                if let Some(id) = inner.token_to_id(&tok) {
+                    if !eos_ids.contains(&id) {
+                        eos_ids.push(id);
+                    }
+                }
+            }
+        }
+        Ok(Tokenizer { inner, eos_ids })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(format!("decode: {e}")))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn is_eos(&self, id: u32) -> bool {
+        self.eos_ids.contains(&id)
+    }
+
+    /// Renders messages with Qwen3's chat template and tokenizes the result.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        opts: &ChatTemplateOptions,
+    ) -> Result<Vec<u32>> {
+        self.encode(&chat::render(messages, opts)?)
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Tokenizer(format!("{}: not valid JSON: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}

@@ -5,6 +5,7 @@
 //! generation, batching), `tokenizer`, `cli`.
 
 pub mod backend;
+pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod kv;

@@ -1,3 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    println!("asyncthink");
+    let cli = asyncthink::cli::Cli::parse();
+    if let Err(e) = asyncthink::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
 }

@@ -13,9 +13,25 @@ use safetensors::{Dtype, SafeTensors, tensor::Metadata};
 use super::config::DType;
 use crate::{Error, Result};
 
+/// A shard's bytes: mapped from disk, or compiled into the binary (the embedded default model).
+enum ShardBytes {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for ShardBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ShardBytes::Mapped(m) => m,
+            ShardBytes::Static(s) => s,
+        }
+    }
+}
+
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: ShardBytes,
     /// Byte offset where tensor data starts (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
@@ -65,6 +81,22 @@ impl Checkpoint {
                     .into(),
             })
         }
+    }
+
+    /// A single-file checkpoint held in memory; `name` labels it in errors.
+    pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        let shard = Shard::parse(PathBuf::from(name), ShardBytes::Static(bytes))?;
+        let location = shard
+            .metadata
+            .tensors()
+            .keys()
+            .map(|k| (k.clone(), 0))
+            .collect();
+        Ok(Checkpoint {
+            origin: shard.path.clone(),
+            shards: vec![shard],
+            location,
+        })
     }
 
     fn open_sharded(index_path: &Path) -> Result<Self> {
@@ -187,13 +219,17 @@ impl Shard {
         // SAFETY: the map is read-only and lives as long as the Checkpoint; a file truncated
         // by another process while mapped would fault, the same contract every mmap loader has.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(path.to_path_buf(), ShardBytes::Mapped(mmap))
+    }
+
+    fn parse(path: PathBuf, mmap: ShardBytes) -> Result<Self> {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| Error::Checkpoint {
-                file: path.to_path_buf(),
+                file: path.clone(),
                 msg: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
             })?;
         Ok(Shard {
-            path: path.to_path_buf(),
+            path,
             mmap,
             data_start: 8 + header_len,
             metadata,

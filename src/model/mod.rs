@@ -5,8 +5,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod qwen3;
 pub mod rope;
+pub mod source;
 
 pub use batch::ForwardBatch;
 pub use checkpoint::Checkpoint;
 pub use config::Qwen3Config;
 pub use qwen3::Qwen3;
+pub use source::ModelSource;

@@ -1,0 +1,111 @@
+//! `asyncthink bench`: prefill tokens/s over a random prompt, then batch-1 greedy decode
+//! tokens/s, written as JSON so runs (and other engines) can be compared.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+
+use super::ModelArgs;
+use crate::backend::cpu::CpuBackend;
+use crate::engine::{Generator, SamplingParams};
+use crate::{Error, Result};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Timed repetitions; the best is reported (least disturbed by the machine).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the JSON report (also printed).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.prompt_len == 0 || args.new_tokens < 2 || args.repeats == 0 {
+        return Err(Error::InvalidInput(
+            "need --prompt-len ≥ 1, --new-tokens ≥ 2, --repeats ≥ 1".into(),
+        ));
+    }
+    args.model.init_threads()?;
+    let source = args.model.source();
+    let load_start = std::time::Instant::now();
+    let (model, _tokenizer) = source.load(CpuBackend)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let vocab = model.config.vocab_size as u32;
+    let prompt: Vec<u32> = (0..args.prompt_len)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
+    let params = SamplingParams {
+        max_new_tokens: args.new_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut generator = Generator::new(&model, args.prompt_len + args.new_tokens)?;
+    // Warm-up: page in the weights and grow the thread pool.
+    generator.generate(
+        &prompt,
+        &SamplingParams {
+            max_new_tokens: 2,
+            ..params.clone()
+        },
+        None,
+        |_| {},
+    )?;
+
+    let mut best_prefill = 0f64;
+    let mut best_decode = 0f64;
+    for _ in 0..args.repeats {
+        let out = generator.generate(&prompt, &params, None, |_| {})?;
+        best_prefill = best_prefill.max(out.prefill_tokens_per_second());
+        best_decode = best_decode.max(out.decode_tokens_per_second());
+    }
+    let report = json!({
+        "engine": "asyncthink",
+        "backend": "cpu",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": option_env!("ASYNCTHINK_COMMIT").unwrap_or("unknown"),
+        "model": source.describe(),
+        "weights_dtype": model.config.dtype.map(|d| d.hf_name()),
+        "threads": rayon::current_num_threads(),
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "load_seconds": load_seconds,
+        "prefill_tok_s": best_prefill,
+        "decode_tok_s": best_decode,
+        "machine": machine_description(),
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, &text).map_err(|e| Error::io(path, e))?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+/// CPU model name and core count, so a JSON report says what it was measured on.
+pub fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}

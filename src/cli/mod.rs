@@ -1,0 +1,84 @@
+//! The `asyncthink` command line: one file per subcommand.
+
+mod bench;
+mod generate;
+mod logits;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::model::ModelSource;
+use crate::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "asyncthink",
+    version,
+    about = "Qwen3 engine for asynchronous thinking"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a prompt (chat template applied unless --raw).
+    Generate(generate::GenerateArgs),
+    /// Print the logits of every position as JSON.
+    Logits(logits::LogitsArgs),
+    /// Measure prefill and decode tokens/s; writes JSON.
+    Bench(bench::BenchArgs),
+}
+
+/// Model location and CPU threads, shared by every subcommand that runs a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    /// Without it, the tiny model embedded in the binary is used.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        ModelSource::from_arg(self.model.as_deref())
+    }
+
+    pub fn init_threads(&self) -> Result<()> {
+        if let Some(n) = self.threads {
+            if n == 0 {
+                return Err(Error::InvalidInput("--threads must be at least 1".into()));
+            }
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .map_err(|e| Error::InvalidInput(format!("cannot set up {n} threads: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses "1,2,3" (spaces allowed) into token ids.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| Error::InvalidInput(format!("--ids: {t:?} is not a token id")))
+        })
+        .collect()
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Logits(a) => logits::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

@@ -17,7 +17,11 @@ fn main() {
         .output()
         .ok()
         .is_some_and(|o| !o.stdout.is_empty());
-    let stamp = if dirty { format!("{commit}-dirty") } else { commit };
+    let stamp = if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    };
     println!("cargo:rustc-env=ASYNCTHINK_COMMIT={stamp}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");

@@ -121,15 +121,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if stream {
             // Re-decode the tail so multi-byte characters split across tokens print whole.
             so_far.push(id);
-            if let Ok(text) = tokenizer.decode(&so_far, false) {
-                if text.len() > printed
-                    && text.is_char_boundary(printed)
-                    && !text.ends_with('\u{fffd}')
-                {
-                    print!("{}", &text[printed..]);
-                    let _ = std::io::stdout().flush();
-                    printed = text.len();
-                }
+            if let Ok(text) = tokenizer.decode(&so_far, false)
+                && text.len() > printed
+                && text.is_char_boundary(printed)
+                && !text.ends_with('\u{fffd}')
+            {
+                print!("{}", &text[printed..]);
+                let _ = std::io::stdout().flush();
+                printed = text.len();
             }
         }
     })?;

@@ -124,13 +124,13 @@ impl Qwen3Config {
                 )));
             }
         }
-        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
-                return Err(Error::Unsupported(format!(
-                    "{}: hidden_act {act:?} (only silu)",
-                    path.display()
-                )));
-            }
+        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(Error::Unsupported(format!(
+                "{}: hidden_act {act:?} (only silu)",
+                path.display()
+            )));
         }
 
         let rope_theta = parse_rope(obj, path)?;

@@ -68,10 +68,10 @@ impl Tokenizer {
                 .into_iter()
                 .chain(["<|im_end|>".to_string(), "<|endoftext|>".to_string()]);
             for tok in candidates {
-                if let Some(id) = inner.token_to_id(&tok) {
-                    if !eos_ids.contains(&id) {
-                        eos_ids.push(id);
-                    }
+                if let Some(id) = inner.token_to_id(&tok)
+                    && !eos_ids.contains(&id)
+                {
+                    eos_ids.push(id);
                 }
             }
         }

@@ -26,6 +26,6 @@ mod tests {
         let s1 = 1.0 / (1.0 + (-1.0f32).exp());
         assert_eq!(y.data[0], 0.0);
         assert!((y.data[1] - 2.0 * s1).abs() < 1e-7);
-        assert!((y.data[2] - 2.0 * (-1.0 * (1.0 - s1))).abs() < 1e-6);
+        assert!((y.data[2] - 2.0 * -(1.0 - s1)).abs() < 1e-6);
     }
 }

@@ -75,6 +75,13 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// A method (not field access) so closures capture the Send wrapper, not the raw pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 fn linear_gemm(x: &[f32], m: usize, k: usize, n: usize, w: &CpuWeight) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     match w {
@@ -101,12 +108,11 @@ fn linear_gemm(x: &[f32], m: usize, k: usize, n: usize, w: &CpuWeight) -> Vec<f3
                 .for_each(|(p, panel)| {
                     let rows = panel.len() / k;
                     let wide: Vec<f32> = panel.iter().map(|v| v.to_f32()).collect();
-                    let dst = dst;
                     // SAFETY: this task writes columns [p*PANEL_ROWS, p*PANEL_ROWS+rows) of the
                     // m×n output, disjoint from every other task's; the panel is rows×k.
                     unsafe {
                         gemm_f32(
-                            dst.0.add(p * PANEL_ROWS),
+                            dst.get().add(p * PANEL_ROWS),
                             n,
                             x,
                             m,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use asyncthink::Error;
 use asyncthink::backend::cpu::CpuBackend;
-use asyncthink::engine::{Generator, SamplingParams};
+use asyncthink::engine::{Engine, EngineConfig, SamplingParams};
 use asyncthink::model::Qwen3;
 use asyncthink::tokenizer::Tokenizer;
 use common::*;
@@ -185,25 +185,41 @@ fn broken_tokenizer_is_reported() {
 #[test]
 fn out_of_vocabulary_ids_and_bad_sampling_are_rejected() {
     let model = load(NAME);
-    let mut g = Generator::new(&model, 8).unwrap();
+    let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
     let vocab = model.config.vocab_size as u32;
     assert!(
-        matches!(g.logits(&[1, vocab]), Err(Error::InvalidInput(m)) if m.contains("vocabulary"))
+        matches!(engine.logits_all(&[1, vocab]), Err(Error::InvalidInput(m)) if m.contains("vocabulary"))
     );
-    assert!(matches!(g.logits(&[]), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        engine.logits_all(&[]),
+        Err(Error::InvalidInput(_))
+    ));
     let bad = SamplingParams {
         temperature: f32::NAN,
         ..Default::default()
     };
     assert!(
-        matches!(g.generate(&[1, 2], &bad, None, |_| {}), Err(Error::InvalidInput(m)) if m.contains("temperature"))
+        matches!(engine.generate(&[1, 2], &bad, |_| {}), Err(Error::InvalidInput(m)) if m.contains("temperature"))
+    );
+    let too_long: Vec<u32> = (0..model.config.max_position_embeddings as u32)
+        .map(|i| i % vocab)
+        .collect();
+    assert!(
+        matches!(engine.add_request(too_long, SamplingParams::default()), Err(Error::InvalidInput(m)) if m.contains("max_position_embeddings"))
     );
 }
 
 #[test]
 fn prompt_longer_than_the_cache_is_a_full_cache_error() {
     let model = load(NAME);
-    let mut g = Generator::new(&model, 16).unwrap();
-    let ids: Vec<u32> = (0..17).collect();
-    assert!(matches!(g.logits(&ids), Err(Error::KvCacheFull(_))));
+    let cfg = EngineConfig {
+        num_blocks: 1,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(&model, None, cfg).unwrap();
+    let ids: Vec<u32> = (0..16).collect();
+    assert!(matches!(
+        engine.add_request(ids, SamplingParams::default()),
+        Err(Error::KvCacheFull(_))
+    ));
 }

@@ -4,9 +4,8 @@
 mod common;
 
 use asyncthink::backend::Backend;
-use asyncthink::engine::{Generator, SamplingParams};
-use asyncthink::kv::{BlockAllocator, SequenceBlocks};
-use asyncthink::model::ForwardBatch;
+use asyncthink::engine::{Engine, EngineConfig, SamplingParams};
+use asyncthink::model::{ForwardBatch, Logits};
 use common::*;
 
 /// The shared convention: CPU f32 against the transformers f32 oracle, max abs 1e-4.
@@ -19,8 +18,8 @@ fn logits_match_transformers_at_every_position() {
         let r = reference(name);
         let vocab = model.config.vocab_size;
         for (i, p) in r.reference.prompts.iter().enumerate() {
-            let mut g = Generator::new(&model, p.ids.len()).unwrap();
-            let ours: Vec<f32> = g.logits(&p.ids).unwrap().concat();
+            let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
+            let ours: Vec<f32> = engine.logits_all(&p.ids).unwrap().concat();
             assert_eq!(ours.len(), p.ids.len() * vocab);
             let err = max_abs_diff(&ours, &r.logits[i]);
             println!(
@@ -43,8 +42,8 @@ fn greedy_continuations_match_transformers() {
                 ignore_eos: true,
                 ..Default::default()
             };
-            let mut g = Generator::new(&model, case.prompt_ids.len() + case.new_ids.len()).unwrap();
-            let out = g.generate(&case.prompt_ids, &params, None, |_| {}).unwrap();
+            let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
+            let out = engine.generate(&case.prompt_ids, &params, |_| {}).unwrap();
             assert_eq!(
                 out.token_ids, case.new_ids,
                 "{name}: greedy continuation differs"
@@ -65,11 +64,8 @@ fn cached_decode_equals_recompute() {
         let layout = model.kv_layout(4, block_size);
 
         let mut full_kv = model.backend.alloc_kv(layout).unwrap();
-        let mut alloc = BlockAllocator::new(4);
-        let mut seq = SequenceBlocks::default();
-        seq.reserve(&mut alloc, block_size, ids.len()).unwrap();
         let mut batch = ForwardBatch::default();
-        batch.push(&ids, 0, &seq.table, block_size, true);
+        batch.push(&ids, 0, &[0, 1, 2], block_size, Logits::All);
         let full = model
             .backend
             .to_host(&model.forward(&batch, &mut full_kv).unwrap())
@@ -80,14 +76,14 @@ fn cached_decode_equals_recompute() {
         let table: Vec<u32> = vec![3, 1, 0];
         let prefill = 5;
         let mut batch = ForwardBatch::default();
-        batch.push(&ids[..prefill], 0, &table, block_size, true);
+        batch.push(&ids[..prefill], 0, &table, block_size, Logits::All);
         let mut got = model
             .backend
             .to_host(&model.forward(&batch, &mut kv).unwrap())
             .unwrap();
         for t in prefill..ids.len() {
             let mut batch = ForwardBatch::default();
-            batch.push(&ids[t..t + 1], t, &table, block_size, false);
+            batch.push(&ids[t..t + 1], t, &table, block_size, Logits::Last);
             got.extend(
                 model
                     .backend

@@ -66,6 +66,9 @@ pub trait Backend: Send + Sync {
         v: &Self::Tensor,
         slot_mapping: &[u32],
     ) -> Result<()>;
+    /// Copies block `src` to block `dst` in every layer's K and V pools
+    /// (copy-on-write of a partly filled block shared after a fork).
+    fn copy_block(&self, cache: &mut Self::KvCache, src: u32, dst: u32) -> Result<()>;
     /// Causal GQA attention of each sequence's new queries over its cached keys/values.
     fn attention(
         &self,

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::ModelArgs;
 use crate::backend::cpu::CpuBackend;
-use crate::engine::{Generator, SamplingParams};
+use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -52,22 +52,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ignore_eos: true,
         ..Default::default()
     };
-    let mut generator = Generator::new(&model, args.prompt_len + args.new_tokens)?;
+    let cfg = EngineConfig {
+        num_blocks: (args.prompt_len + args.new_tokens).div_ceil(16),
+        // The whole prompt in one forward, as transformers' prefill does.
+        max_batched_tokens: args.prompt_len,
+        prefix_caching: false,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(&model, None, cfg)?;
     // Warm-up: page in the weights and grow the thread pool.
-    generator.generate(
-        &prompt,
-        &SamplingParams {
-            max_new_tokens: 2,
-            ..params.clone()
-        },
-        None,
-        |_| {},
-    )?;
+    let warmup = SamplingParams {
+        max_new_tokens: 2,
+        ..params.clone()
+    };
+    engine.generate(&prompt, &warmup, |_| {})?;
 
     let mut best_prefill = 0f64;
     let mut best_decode = 0f64;
     for _ in 0..args.repeats {
-        let out = generator.generate(&prompt, &params, None, |_| {})?;
+        let out = engine.generate(&prompt, &params, |_| {})?;
         best_prefill = best_prefill.max(out.prefill_tokens_per_second());
         best_decode = best_decode.max(out.decode_tokens_per_second());
     }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{ModelArgs, parse_ids};
 use crate::backend::cpu::CpuBackend;
-use crate::engine::{Generator, SamplingParams};
+use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions};
 use crate::{Error, Result};
 
@@ -32,6 +32,9 @@ pub struct GenerateArgs {
     pub no_think: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// KV cache memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub kv_cache_mb: usize,
     /// Print one JSON object (text, token ids, timing) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -107,17 +110,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
     };
 
-    let capacity = (prompt_ids.len() + params.max_new_tokens).min(
-        model
-            .config
-            .max_position_embeddings
-            .max(prompt_ids.len() + 1),
-    );
-    let mut generator = Generator::new(&model, capacity)?;
+    let cfg = EngineConfig::default().with_kv_budget(&model, args.kv_cache_mb << 20);
+    let mut engine = Engine::new(&model, Some(&tokenizer), cfg)?;
     let stream = !args.json;
     let mut printed = 0usize;
     let mut so_far = Vec::new();
-    let out = generator.generate(&prompt_ids, &params, Some(&tokenizer), |id| {
+    let out = engine.generate(&prompt_ids, &params, |id| {
         if stream {
             // Re-decode the tail so multi-byte characters split across tokens print whole.
             so_far.push(id);

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{ModelArgs, parse_ids};
 use crate::backend::cpu::CpuBackend;
-use crate::engine::Generator;
+use crate::engine::{Engine, EngineConfig};
 use crate::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -32,8 +32,12 @@ pub fn run(args: LogitsArgs) -> Result<()> {
             ));
         }
     };
-    let mut generator = Generator::new(&model, ids.len())?;
-    let logits = generator.logits(&ids)?;
+    let cfg = EngineConfig {
+        num_blocks: ids.len().div_ceil(16).max(1),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(&model, Some(&tokenizer), cfg)?;
+    let logits = engine.logits_all(&ids)?;
     println!(
         "{}",
         serde_json::to_string(&json!({ "ids": ids, "logits": logits }))?

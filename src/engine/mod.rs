@@ -1,7 +1,13 @@
-//! Driving the model: sampling, and single-sequence generation over the paged cache.
+//! Driving the model: sequences, the scheduler, the batching engine, and sampling.
 
-pub mod generate;
+#[allow(clippy::module_inception)]
+mod engine;
+mod generate;
 pub mod sampling;
+mod scheduler;
+pub mod sequence;
 
-pub use generate::{FinishReason, GenerationOutput, Generator};
+pub use engine::{Engine, EngineConfig, EngineStats, StepOutput};
+pub use generate::GenerationOutput;
 pub use sampling::{Sampler, SamplingParams};
+pub use sequence::{FinishReason, SeqId, Sequence};

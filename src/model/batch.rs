@@ -12,6 +12,17 @@ pub struct SeqChunk {
     pub block_table: Vec<u32>,
 }
 
+/// Which of a pushed sequence's rows need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// A prefill chunk that does not reach the end of the known tokens.
+    None,
+    /// The next token is sampled after the last row.
+    Last,
+    /// Every position (parity checks, training).
+    All,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ForwardBatch {
     pub token_ids: Vec<u32>,
@@ -32,7 +43,7 @@ impl ForwardBatch {
         cached: usize,
         block_table: &[u32],
         block_size: usize,
-        all_logits: bool,
+        logits: Logits,
     ) {
         let query_start = self.token_ids.len();
         for (i, &t) in tokens.iter().enumerate() {
@@ -43,12 +54,14 @@ impl ForwardBatch {
             self.slot_mapping
                 .push((block * block_size + pos % block_size) as u32);
         }
-        if all_logits {
-            self.logits_rows
-                .extend((query_start..query_start + tokens.len()).map(|r| r as u32));
-        } else if !tokens.is_empty() {
-            self.logits_rows
-                .push((query_start + tokens.len() - 1) as u32);
+        match logits {
+            Logits::All => self
+                .logits_rows
+                .extend((query_start..query_start + tokens.len()).map(|r| r as u32)),
+            Logits::Last if !tokens.is_empty() => self
+                .logits_rows
+                .push((query_start + tokens.len() - 1) as u32),
+            _ => {}
         }
         self.seqs.push(SeqChunk {
             query_start,

@@ -7,7 +7,7 @@ pub mod qwen3;
 pub mod rope;
 pub mod source;
 
-pub use batch::ForwardBatch;
+pub use batch::{ForwardBatch, Logits};
 pub use checkpoint::Checkpoint;
 pub use config::Qwen3Config;
 pub use qwen3::Qwen3;

@@ -273,6 +273,24 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn copy_block(&self, cache: &mut CpuKvCache, src: u32, dst: u32) -> Result<()> {
+        let l = cache.layout;
+        if src as usize >= l.num_blocks || dst as usize >= l.num_blocks {
+            return Err(shape_err(
+                "copy_block",
+                format!("block {src} or {dst} of {}", l.num_blocks),
+            ));
+        }
+        let n = l.block_elems();
+        for layer in 0..l.num_layers {
+            let base = layer * l.layer_elems();
+            let (s, d) = (base + src as usize * n, base + dst as usize * n);
+            cache.k.copy_within(s..s + n, d);
+            cache.v.copy_within(s..s + n, d);
+        }
+        Ok(())
+    }
+
     fn attention(
         &self,
         q: &CpuTensor,

@@ -42,7 +42,7 @@ impl<B: Backend> Engine<'_, B> {
             match self.reserve(id, n) {
                 Ok(()) => {
                     plan.chunks.push((id, n));
-                    budget -= n;
+                    budget = budget.saturating_sub(n);
                     i += 1;
                 }
                 Err(Error::KvCacheFull(_)) => {
@@ -95,7 +95,7 @@ impl<B: Backend> Engine<'_, B> {
                         s.status = Status::Running;
                     }
                     plan.chunks.push((id, n));
-                    budget -= n;
+                    budget = budget.saturating_sub(n);
                 }
                 Err(Error::KvCacheFull(_)) => {
                     self.release_blocks(id);

@@ -25,6 +25,9 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight) -> Vec<f32> {
     let n = w.rows();
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.cols(), k);
+    if m == 0 {
+        return Vec::new();
+    }
     if m <= SMALL_M {
         linear_dot(x, m, k, n, w)
     } else {

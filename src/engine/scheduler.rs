@@ -138,7 +138,7 @@ impl<B: Backend> Engine<'_, B> {
         let computed = s.num_computed;
         let target_blocks = (computed + n).div_ceil(bs);
         let mut fresh = Vec::new();
-        let cow = (computed % bs != 0)
+        let cow = (!computed.is_multiple_of(bs))
             .then(|| (computed / bs, s.block_table[computed / bs]))
             .filter(|&(_, b)| self.blocks.ref_count(b) > 1);
         let have = s.block_table.len();

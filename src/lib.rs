@@ -11,5 +11,6 @@ pub mod error;
 pub mod kv;
 pub mod model;
 pub mod tokenizer;
+pub mod util;
 
 pub use error::{Error, Result};

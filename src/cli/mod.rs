@@ -1,6 +1,8 @@
 //! The `asyncthink` command line: one file per subcommand.
 
+mod batch;
 mod bench;
+mod bench_batch;
 mod generate;
 mod logits;
 
@@ -28,8 +30,12 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Print the logits of every position as JSON.
     Logits(logits::LogitsArgs),
+    /// Run a JSONL file of requests through the batching engine.
+    Batch(batch::BatchArgs),
     /// Measure prefill and decode tokens/s; writes JSON.
     Bench(bench::BenchArgs),
+    /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
+    BenchBatch(bench_batch::BenchBatchArgs),
 }
 
 /// Model location and CPU threads, shared by every subcommand that runs a model.
@@ -79,6 +85,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Logits(a) => logits::run(a),
+        Command::Batch(a) => batch::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchBatch(a) => bench_batch::run(a),
     }
 }

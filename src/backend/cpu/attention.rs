@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::CpuTensor;
-use super::matmul::dot;
+use super::dot::dot;
 use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;

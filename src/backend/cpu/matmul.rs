@@ -1,22 +1,25 @@
 //! `y = x · Wᵀ` on the CPU, W stored `[n, k]` row-major as in Hugging Face checkpoints.
 //!
 //! Two paths, chosen by the number of rows m:
-//! - m ≤ `SMALL_M` (decode): one SIMD dot product per (row, output), W streamed once
-//!   from memory with bf16 widened in registers. Each output is a fixed-order
-//!   reduction over k, so a row's result does not depend on what else is in the batch.
+//! - m ≤ `SMALL_M` (decode, batched decode): SIMD dot products (`dot.rs`), W streamed
+//!   once from memory with bf16 widened in registers, four activation rows per weight
+//!   load. Each output is a fixed-order reduction over k, so a row's result does not
+//!   depend on what else is in the batch.
 //! - larger m (prefill): the `gemm` crate; bf16 weights are widened to f32 a panel at a
 //!   time so the full f32 copy of a large matrix never exists.
 
-use half::bf16;
 use rayon::prelude::*;
 
 use super::CpuWeight;
+use super::dot::DotWeight;
 
-pub const SMALL_M: usize = 16;
+/// Up to this many rows, widening weights for `gemm` costs more than it saves.
+pub const SMALL_M: usize = 64;
 
 /// Rows of W per parallel task on the dot-product path: enough work per task to
-/// amortize scheduling, enough tasks to balance across cores.
-const DOT_TASK_ROWS: usize = 64;
+/// amortize scheduling, few enough that the task's rows stay in L2 while every group of
+/// activation rows passes over them.
+const DOT_TASK_ROWS: usize = 32;
 
 /// Rows of W widened to f32 at a time on the gemm path (keeps the panel in L2/L3).
 const PANEL_ROWS: usize = 256;
@@ -29,33 +32,47 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight) -> Vec<f32> {
         return Vec::new();
     }
     if m <= SMALL_M {
-        linear_dot(x, m, k, n, w)
+        match w {
+            CpuWeight::F32 { data, .. } => linear_dot(x, m, k, n, data),
+            CpuWeight::Bf16 { data, .. } => linear_dot(x, m, k, n, data),
+        }
     } else {
         linear_gemm(x, m, k, n, w)
     }
 }
 
-fn linear_dot(x: &[f32], m: usize, k: usize, n: usize, w: &CpuWeight) -> Vec<f32> {
+fn linear_dot<W: DotWeight>(x: &[f32], m: usize, k: usize, n: usize, w: &[W]) -> Vec<f32> {
     // Computed transposed ([n, m]) so each task writes one contiguous range.
     let mut out_t = vec![0f32; n * m];
-    let kernels = kernels();
+    let row = |i: usize| &x[i * k..(i + 1) * k];
     out_t
         .par_chunks_mut(DOT_TASK_ROWS * m)
         .enumerate()
         .for_each(|(task, chunk)| {
             let j0 = task * DOT_TASK_ROWS;
-            for (jj, outs) in chunk.chunks_mut(m).enumerate() {
-                let j = j0 + jj;
-                for (i, o) in outs.iter_mut().enumerate() {
-                    let xi = &x[i * k..(i + 1) * k];
-                    *o = match w {
-                        CpuWeight::F32 { data, .. } => {
-                            (kernels.dot_f32)(xi, &data[j * k..(j + 1) * k])
-                        }
-                        CpuWeight::Bf16 { data, .. } => {
-                            (kernels.dot_bf16)(xi, &data[j * k..(j + 1) * k])
-                        }
-                    };
+            let rows = chunk.len() / m;
+            let mut i = 0;
+            let wrow = |j: usize| &w[j * k..(j + 1) * k];
+            while i + 4 <= m {
+                let xs = [row(i), row(i + 1), row(i + 2), row(i + 3)];
+                let mut jj = 0;
+                while jj + 2 <= rows {
+                    let j = j0 + jj;
+                    let d = W::dot4x2(xs, [wrow(j), wrow(j + 1)]);
+                    chunk[jj * m + i..jj * m + i + 4].copy_from_slice(&d[0]);
+                    chunk[(jj + 1) * m + i..(jj + 1) * m + i + 4].copy_from_slice(&d[1]);
+                    jj += 2;
+                }
+                if jj < rows {
+                    let d = W::dot4(xs, wrow(j0 + jj));
+                    chunk[jj * m + i..jj * m + i + 4].copy_from_slice(&d);
+                }
+                i += 4;
+            }
+            for i in i..m {
+                for jj in 0..rows {
+                    let j = j0 + jj;
+                    chunk[jj * m + i] = W::dot1(row(i), &w[j * k..(j + 1) * k]);
                 }
             }
         });
@@ -173,155 +190,14 @@ unsafe fn gemm_f32(
     }
 }
 
-/// SIMD dot product with the fixed reduction order used by every path here.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    (kernels().dot_f32)(a, b)
-}
-
 fn parallelism() -> gemm::Parallelism {
     gemm::Parallelism::Rayon(rayon::current_num_threads())
-}
-
-// ---------------------------------------------------------------------------------------
-// Dot-product kernels, compiled for the best instruction set found at run time.
-
-struct DotKernels {
-    dot_f32: fn(&[f32], &[f32]) -> f32,
-    dot_bf16: fn(&[f32], &[bf16]) -> f32,
-}
-
-fn kernels() -> &'static DotKernels {
-    static K: std::sync::OnceLock<DotKernels> = std::sync::OnceLock::new();
-    K.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return DotKernels {
-                    dot_f32: x86::dot_f32_avx512,
-                    dot_bf16: x86::dot_bf16_avx512,
-                };
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return DotKernels {
-                    dot_f32: x86::dot_f32_avx2,
-                    dot_bf16: x86::dot_bf16_avx2,
-                };
-            }
-        }
-        DotKernels {
-            dot_f32: dot_f32_portable,
-            dot_bf16: dot_bf16_portable,
-        }
-    })
-}
-
-/// Lanes of independent partial sums: two 512-bit registers' worth, so consecutive FMAs
-/// do not wait on each other. The same lane count on every ISA keeps results identical
-/// across machines' instruction sets up to FMA contraction.
-const LANES: usize = 32;
-
-#[inline(always)]
-fn dot_f32_body(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [0f32; LANES];
-    let (ac, ar) = a[..n].split_at(n - n % LANES);
-    let (bc, br) = b[..n].split_at(n - n % LANES);
-    for (x, y) in ac.chunks_exact(LANES).zip(bc.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
-        }
-    }
-    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
-        acc[l] = x.mul_add(*y, acc[l]);
-    }
-    reduce(acc)
-}
-
-#[inline(always)]
-fn widen(v: bf16) -> f32 {
-    f32::from_bits((v.to_bits() as u32) << 16)
-}
-
-#[inline(always)]
-fn dot_bf16_body(a: &[f32], b: &[bf16]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [0f32; LANES];
-    let (ac, ar) = a[..n].split_at(n - n % LANES);
-    let (bc, br) = b[..n].split_at(n - n % LANES);
-    for (x, y) in ac.chunks_exact(LANES).zip(bc.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] = x[l].mul_add(widen(y[l]), acc[l]);
-        }
-    }
-    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
-        acc[l] = x.mul_add(widen(*y), acc[l]);
-    }
-    reduce(acc)
-}
-
-/// Pairwise tree over the lanes: a fixed order, so results are reproducible.
-#[inline(always)]
-fn reduce(mut acc: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
-    while width > 0 {
-        for l in 0..width {
-            acc[l] += acc[l + width];
-        }
-        width /= 2;
-    }
-    acc[0]
-}
-
-fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_f32_body(a, b)
-}
-
-fn dot_bf16_portable(a: &[f32], b: &[bf16]) -> f32 {
-    dot_bf16_body(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::*;
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_f32_avx512_impl(a: &[f32], b: &[f32]) -> f32 {
-        dot_f32_body(a, b)
-    }
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot_bf16_avx512_impl(a: &[f32], b: &[bf16]) -> f32 {
-        dot_bf16_body(a, b)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_f32_avx2_impl(a: &[f32], b: &[f32]) -> f32 {
-        dot_f32_body(a, b)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_bf16_avx2_impl(a: &[f32], b: &[bf16]) -> f32 {
-        dot_bf16_body(a, b)
-    }
-
-    pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: selected only after is_x86_feature_detected!("avx512f").
-        unsafe { dot_f32_avx512_impl(a, b) }
-    }
-    pub fn dot_bf16_avx512(a: &[f32], b: &[bf16]) -> f32 {
-        // SAFETY: selected only after is_x86_feature_detected!("avx512f").
-        unsafe { dot_bf16_avx512_impl(a, b) }
-    }
-    pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: selected only after detecting avx2 and fma.
-        unsafe { dot_f32_avx2_impl(a, b) }
-    }
-    pub fn dot_bf16_avx2(a: &[f32], b: &[bf16]) -> f32 {
-        // SAFETY: selected only after detecting avx2 and fma.
-        unsafe { dot_bf16_avx2_impl(a, b) }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * n];

@@ -3,6 +3,7 @@
 
 mod activation;
 mod attention;
+pub mod dot;
 pub mod matmul;
 mod norm;
 mod rope;

@@ -1,0 +1,223 @@
+//! `asyncthink batch`: a JSONL file of requests through the batching engine.
+//!
+//! Each input line is `{"id": any, "prompt": "..."}` or `{"messages": [...]}` or
+//! `{"prompt_ids": [...]}`, with an optional `"sampling": {...}` object (the fields of
+//! `SamplingParams`). Output lines keep input order and ids; a bad line or a request the
+//! engine refuses gets an `"error"` of its own while the others complete.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ModelArgs;
+use super::generate::SamplingArgs;
+use crate::backend::cpu::CpuBackend;
+use crate::engine::{Engine, EngineConfig, SamplingParams, SeqId};
+use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
+use crate::util::write_atomic;
+use crate::{Error, Result};
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL of requests.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL of results, in input order (written atomically at the end).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Sampling for lines that give no "sampling" object.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Feed "prompt" as raw text instead of a chat user message.
+    #[arg(long)]
+    pub raw: bool,
+    /// Also write the summary as JSON here.
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// KV cache memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub kv_cache_mb: usize,
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Tokens per step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 512)]
+    pub max_batched_tokens: usize,
+    /// Sequences decoding at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    #[arg(long)]
+    pub no_chunked_prefill: bool,
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    pub fn config<B: crate::backend::Backend>(
+        &self,
+        model: &crate::model::Qwen3<B>,
+    ) -> EngineConfig {
+        EngineConfig {
+            block_size: self.block_size,
+            max_batched_tokens: self.max_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            chunked_prefill: !self.no_chunked_prefill,
+            prefix_caching: !self.no_prefix_caching,
+            ..EngineConfig::default()
+        }
+        .with_kv_budget(model, self.kv_cache_mb << 20)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestLine {
+    #[serde(default)]
+    id: Value,
+    prompt: Option<String>,
+    messages: Option<Vec<ChatMessage>>,
+    prompt_ids: Option<Vec<u32>>,
+    sampling: Option<SamplingParams>,
+}
+
+fn prompt_ids(line: &RequestLine, tokenizer: &Tokenizer, raw: bool) -> Result<Vec<u32>> {
+    let chat = |msgs: &[ChatMessage]| tokenizer.encode_chat(msgs, &ChatTemplateOptions::default());
+    match (&line.prompt, &line.messages, &line.prompt_ids) {
+        (Some(p), None, None) if raw => tokenizer.encode(p),
+        (Some(p), None, None) => chat(&[ChatMessage::new("user", p)]),
+        (None, Some(m), None) => chat(m),
+        (None, None, Some(ids)) => Ok(ids.clone()),
+        _ => Err(Error::InvalidInput(
+            "give exactly one of \"prompt\", \"messages\", \"prompt_ids\"".into(),
+        )),
+    }
+}
+
+pub fn run(args: BatchArgs) -> Result<()> {
+    args.model.init_threads()?;
+    let default_params = args.sampling.params();
+    default_params.validate()?;
+    let text = std::fs::read_to_string(&args.input).map_err(|e| Error::io(&args.input, e))?;
+    let (model, tokenizer) = args.model.source().load(CpuBackend)?;
+    let mut engine = Engine::new(&model, Some(&tokenizer), args.engine.config(&model))?;
+
+    // One result slot per non-empty input line, in order.
+    let mut results: Vec<Value> = Vec::new();
+    let mut pending: HashMap<SeqId, usize> = HashMap::new();
+    for (lineno, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let index = results.len();
+        let parsed: std::result::Result<RequestLine, _> = serde_json::from_str(line);
+        let outcome = parsed
+            .map_err(|e| Error::InvalidInput(format!("line {}: {e}", lineno + 1)))
+            .and_then(|req| {
+                let ids = prompt_ids(&req, &tokenizer, args.raw)?;
+                let params = req
+                    .sampling
+                    .clone()
+                    .unwrap_or_else(|| default_params.clone());
+                Ok((req.id, engine.add_request(ids, params)?))
+            });
+        match outcome {
+            Ok((id, seq)) => {
+                pending.insert(seq, index);
+                results.push(json!({ "index": index, "id": id }));
+            }
+            Err(e) => {
+                let id = serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned());
+                results.push(json!({ "index": index, "id": id, "error": e.to_string() }));
+            }
+        }
+    }
+
+    let bar = ProgressBar::new(pending.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests  {msg}  [{elapsed_precise}<{eta_precise}]",
+        )
+        .map_err(|e| Error::InvalidInput(e.to_string()))?,
+    );
+    let started = Instant::now();
+    while engine.has_unfinished() {
+        for out in engine.step()? {
+            if out.finish.is_none() {
+                continue;
+            }
+            let Some(&index) = pending.get(&out.seq) else {
+                continue;
+            };
+            let Some(seq) = engine.take_finished(out.seq) else {
+                continue;
+            };
+            let slot = &mut results[index];
+            slot["text"] = json!(seq.output_text(&tokenizer)?);
+            slot["token_ids"] = json!(seq.output_ids());
+            slot["finish_reason"] = json!(seq.finish_reason);
+            slot["prompt_tokens"] = json!(seq.prompt_len);
+            slot["cached_prompt_tokens"] = json!(seq.cached_prompt_tokens);
+            bar.inc(1);
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!(
+            "{:.1} tok/s out",
+            engine.stats.generated_tokens as f64 / secs
+        ));
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+
+    let mut out = String::new();
+    for r in &results {
+        out.push_str(&serde_json::to_string(r)?);
+        out.push('\n');
+    }
+    write_atomic(&args.output, out.as_bytes())?;
+
+    let s = &engine.stats;
+    let failed = results.iter().filter(|r| r.get("error").is_some()).count();
+    let summary = json!({
+        "requests": results.len(),
+        "failed": failed,
+        "prompt_tokens": s.prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "computed_tokens": s.computed_tokens,
+        "seconds": seconds,
+        "output_tokens_per_second": s.generated_tokens as f64 / seconds.max(1e-9),
+        "total_tokens_per_second": (s.prompt_tokens + s.generated_tokens) as f64 / seconds.max(1e-9),
+        "prefix_cache_hit_rate": s.prefix_hit_rate(),
+        "preemptions": s.preemptions,
+        "steps": s.steps,
+    });
+    eprintln!(
+        "{} requests ({} failed), {} tokens in, {} out, {:.1} s, {:.1} tok/s out, prefix-cache hit rate {:.1}%, {} preemptions",
+        results.len(),
+        failed,
+        s.prompt_tokens,
+        s.generated_tokens,
+        seconds,
+        summary["output_tokens_per_second"].as_f64().unwrap_or(0.0),
+        100.0 * s.prefix_hit_rate(),
+        s.preemptions
+    );
+    if let Some(path) = &args.summary {
+        write_atomic(path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! `backend` (CPU reference; CUDA later), `kv` (the paged cache), `engine` (sampling,
 //! generation, batching), `asyncthink` (protocol, executor), `train`, `cli`.
 
+pub mod asyncthink;
 pub mod error;
 
 pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! AsyncThink: the organizer/worker protocol, episode records and cold-start traces.
+
+pub mod protocol;

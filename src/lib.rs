@@ -6,5 +6,6 @@
 
 pub mod asyncthink;
 pub mod error;
+pub mod tasks;
 
 pub use error::{Error, Result};

@@ -7,5 +7,6 @@
 pub mod asyncthink;
 pub mod error;
 pub mod tasks;
+pub mod train;
 
 pub use error::{Error, Result};

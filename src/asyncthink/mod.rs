@@ -1,3 +1,4 @@
 //! AsyncThink: the organizer/worker protocol, episode records and cold-start traces.
 
+pub mod episode;
 pub mod protocol;

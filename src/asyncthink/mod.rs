@@ -2,3 +2,4 @@
 
 pub mod episode;
 pub mod protocol;
+pub mod traces;

@@ -51,11 +51,17 @@ impl Default for Countdown {
 /// intermediates) with its distinct expressions keyed by canonical form. Exhaustive, so
 /// meant for up to ~5 numbers.
 pub fn solve_all(numbers: &[u64]) -> HashMap<u64, BTreeMap<String, Expr>> {
-    let mut out: HashMap<u64, BTreeMap<String, Expr>> = HashMap::new();
     let items: Vec<(Q, Expr)> = numbers
         .iter()
         .map(|&n| (Q::from_integer(n.into()), Expr::Num(n)))
         .collect();
+    solve_from(items)
+}
+
+/// Like [`solve_all`] but from partial results (value, expression so far), e.g. after a
+/// chosen first step.
+pub fn solve_from(items: Vec<(Q, Expr)>) -> HashMap<u64, BTreeMap<String, Expr>> {
+    let mut out = HashMap::new();
     search(items, &mut out);
     out
 }

@@ -5,6 +5,7 @@
 //! generation, batching), `asyncthink` (protocol, executor), `train`, `cli`.
 
 pub mod asyncthink;
+pub mod cli;
 pub mod error;
 pub mod tasks;
 pub mod train;

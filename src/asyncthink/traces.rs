@@ -318,9 +318,9 @@ impl Plannable for Arithmetic {
             conclusion: format!(
                 "Combining the parts: {} = {}.",
                 partials.join(sym),
-                item.answer
+                item.result
             ),
-            answer: item.answer.clone(),
+            answer: item.result.clone(),
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct ArithmeticItem {
     pub operands: Vec<u64>,
     /// Consecutive groups of operands whose partial results combine to the answer.
     pub parts: Vec<Vec<u64>>,
-    pub answer: String,
+    pub result: String,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ impl Task for Arithmetic {
         ArithmeticItem {
             id,
             op,
-            answer: op.fold(&operands).to_string(),
+            result: op.fold(&operands).to_string(),
             operands,
             parts,
         }
@@ -112,18 +112,18 @@ impl Task for Arithmetic {
     }
 
     fn verify(item: &ArithmeticItem, answer: &str) -> Verdict {
-        let Some(expected) = parse_number(&item.answer) else {
-            return Verdict::wrong(format!("item has an unreadable answer {:?}", item.answer));
+        let Some(expected) = parse_number(&item.result) else {
+            return Verdict::wrong(format!("item has an unreadable answer {:?}", item.result));
         };
         match parse_number(answer) {
             Some(got) if got == expected => Verdict::right(),
-            Some(got) => Verdict::wrong(format!("{got} is not {}", item.answer)),
+            Some(got) => Verdict::wrong(format!("{got} is not {}", item.result)),
             None => Verdict::wrong(format!("not a number: {answer:?}")),
         }
     }
 
     fn reference_answer(item: &ArithmeticItem) -> String {
-        item.answer.clone()
+        item.result.clone()
     }
 }
 
@@ -143,8 +143,8 @@ mod tests {
                 ArithOp::Sum => partials.into_iter().sum(),
                 ArithOp::Product => partials.into_iter().product(),
             };
-            assert_eq!(total.to_string(), it.answer);
-            assert!(Arithmetic::verify(&it, &it.answer).is_correct());
+            assert_eq!(total.to_string(), it.result);
+            assert!(Arithmetic::verify(&it, &it.result).is_correct());
         }
     }
 
@@ -155,7 +155,7 @@ mod tests {
             op: ArithOp::Sum,
             operands: vec![600, 634],
             parts: vec![vec![600], vec![634]],
-            answer: "1234".into(),
+            result: "1234".into(),
         };
         assert!(Arithmetic::verify(&it, "1234").is_correct());
         assert!(Arithmetic::verify(&it, "1,234").is_correct());

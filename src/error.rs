@@ -37,8 +37,8 @@ pub enum Error {
     #[error("KV cache is full: {0}")]
     KvCacheFull(String),
 
-    #[error("protocol: {0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Protocol(#[from] crate::asyncthink::protocol::ProtocolError),
 
     #[error("backend {backend}: {msg}")]
     Backend { backend: &'static str, msg: String },

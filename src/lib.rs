@@ -2,15 +2,19 @@
 //!
 //! Layout follows the architecture: `model` (config, weights, the one generic Qwen3),
 //! `backend` (CPU reference; CUDA later), `kv` (the paged cache), `engine` (sampling,
-//! generation, batching), `tokenizer`, `cli`.
+//! scheduling, batching), `tokenizer`, `asyncthink` (protocol, episodes, traces),
+//! `tasks` (generators and verifiers), `train` (rewards), `cli`.
 
+pub mod asyncthink;
 pub mod backend;
 pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
+pub mod tasks;
 pub mod tokenizer;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

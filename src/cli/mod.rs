@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod bench_batch;
+pub mod data;
 mod generate;
 mod logits;
 
@@ -36,6 +37,11 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
     BenchBatch(bench_batch::BenchBatchArgs),
+    /// Tasks, verifiers and cold-start fork/join traces.
+    Data {
+        #[command(subcommand)]
+        cmd: data::DataCommand,
+    },
 }
 
 /// Model location and CPU threads, shared by every subcommand that runs a model.
@@ -88,5 +94,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Batch(a) => batch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchBatch(a) => bench_batch::run(a),
+        Command::Data { cmd } => data::run(cmd),
     }
 }

@@ -1,0 +1,5 @@
+//! AsyncThink: the organizer/worker protocol, episode records and cold-start traces.
+
+pub mod episode;
+pub mod protocol;
+pub mod traces;

@@ -1,0 +1,825 @@
+//! Cold-start trace synthesis: programmatic organizer and worker traces in the exact
+//! protocol syntax, with randomized thinking structures (how many forks, which worker is
+//! joined when, organizer thinking between fork and join), kept only if the protocol
+//! validator accepts them and the task verifier accepts the final answer. The same plans
+//! also render as sequential and parallel-thinking traces for the baselines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use rand::RngExt;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::protocol::{
+    ProtocolError, ProtocolLimits, ProtocolTags, validate_organizer, validate_worker,
+};
+use crate::tasks::arithmetic::{ArithOp, Arithmetic, ArithmeticItem};
+use crate::tasks::countdown::{Countdown, CountdownItem, join, solve_from};
+use crate::tasks::expr::{Expr, Op, apply_positive_integer};
+use crate::tasks::multi_countdown::{MultiCountdown, MultiCountdownItem};
+use crate::tasks::rational::Q;
+use crate::tasks::sudoku::{Sudoku, SudokuItem, candidates, parse_grid, render};
+use crate::tasks::{Task, item_rng};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceMode {
+    /// Organizer forks sub-queries and joins them asynchronously.
+    AsyncThink,
+    /// No forks: the organizer works through every sub-query itself.
+    Sequential,
+    /// The whole question goes to each of the `c - 1` workers.
+    Parallel,
+}
+
+/// One piece of work an organizer can hand out.
+#[derive(Debug, Clone)]
+pub struct SubTask {
+    /// Short description for the organizer's own thinking ("9 - 7 first").
+    pub title: String,
+    pub query: String,
+    /// The worker's thinking before its return.
+    pub thinking: String,
+    pub takeaways: String,
+    /// The organizer's reaction after joining it.
+    pub reaction: String,
+}
+
+/// A problem broken into sub-tasks, plus the organizer's own text around them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub intro: String,
+    /// In the order they would be forked.
+    pub subtasks: Vec<SubTask>,
+    /// Thinking the organizer may do while workers run.
+    pub fillers: Vec<String>,
+    pub conclusion: String,
+    pub answer: String,
+}
+
+/// Tasks that can be decomposed into organizer plans.
+pub trait Plannable: Task {
+    fn plan(item: &Self::Item, rng: &mut ChaCha8Rng) -> Plan;
+}
+
+pub const WORKER_INSTRUCTION: &str = "You are a worker. Solve the sub-query below on your own. \
+Think step by step, then end with <RETURN>your key findings</RETURN>.";
+
+pub fn organizer_instruction(capacity: usize, tags: &ProtocolTags) -> String {
+    format!(
+        "You are the organizer. Think step by step. You may hand a sub-query to worker i with \
+         {}sub-query{} (at most {} workers at once), wait for its result with {}, and must \
+         join every worker you fork. End with {}.",
+        tags.fork_open(1).replace('1', "i"),
+        tags.fork_close(1).replace('1', "i"),
+        capacity.saturating_sub(1),
+        tags.join_open(1).replace('1', "i"),
+        tags.answer("your final answer"),
+    )
+}
+
+// ---------------------------------------------------------------- plans per task
+
+fn q(n: u64) -> Q {
+    Q::from_integer(n.into())
+}
+
+/// Whether `e` has a subtree equal to `sub` up to commutation (canonical form).
+fn contains(e: &Expr, sub: &str) -> bool {
+    match e {
+        Expr::Num(_) => false,
+        Expr::Bin(_, a, b) => e.canonical() == sub || contains(a, sub) || contains(b, sub),
+    }
+}
+
+/// Countdown branches by first step: each worker gets the numbers after one step and
+/// reports the solutions through that step (or that there are none).
+fn countdown_branches(numbers: &[u64], target: u64, want: usize) -> Vec<(SubTask, Vec<Expr>)> {
+    let mut out = Vec::new();
+    for i in 0..numbers.len() {
+        for j in 0..numbers.len() {
+            for op in Op::ALL {
+                if i == j || (matches!(op, Op::Add | Op::Mul) && i > j) {
+                    continue;
+                }
+                let (a, b) = (numbers[i], numbers[j]);
+                let Some(v) = apply_positive_integer(op, &q(a), &q(b)) else {
+                    continue;
+                };
+                let step = Expr::bin(op, Expr::Num(a), Expr::Num(b));
+                let step_canon = step.canonical();
+                let mut rest: Vec<u64> = numbers.to_vec();
+                rest.remove(i.max(j));
+                rest.remove(i.min(j));
+                let mut items: Vec<(Q, Expr)> =
+                    rest.iter().map(|&n| (q(n), Expr::Num(n))).collect();
+                items.push((v.clone(), step.clone()));
+                let sols: Vec<Expr> = solve_from(items)
+                    .remove(&target)
+                    .map(|m| {
+                        m.into_values()
+                            .filter(|e| contains(e, &step_canon))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let vs = v.to_string();
+                let mut left = vec![vs.clone()];
+                left.extend(rest.iter().map(u64::to_string));
+                let left = left.join(", ");
+                let query = format!(
+                    "Numbers {}; target {target}. Take {step} = {vs} as the first step, then \
+                     use the remaining numbers {left} (each at most once) to reach {target}.",
+                    join(numbers)
+                );
+                let found: Vec<String> = sols.iter().take(want).map(|e| e.to_string()).collect();
+                let thinking = format!(
+                    "After {step} = {vs} I have {left}. Searching combinations of them for \
+                     {target}. {}",
+                    if found.is_empty() {
+                        "None of them reaches the target.".to_string()
+                    } else {
+                        format!("Found {}: {}.", found.len(), found.join("; "))
+                    }
+                );
+                let takeaways = if found.is_empty() {
+                    format!("no solution starting with {step}")
+                } else {
+                    found.join("; ")
+                };
+                let reaction = if found.is_empty() {
+                    format!("{step} leads nowhere.")
+                } else {
+                    format!("{step} works.")
+                };
+                out.push((
+                    SubTask {
+                        title: format!("{step} first"),
+                        query,
+                        thinking,
+                        takeaways,
+                        reaction,
+                    },
+                    sols,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn countdown_fillers(numbers: &[u64], target: u64) -> Vec<String> {
+    let total: u64 = numbers.iter().sum();
+    let max = numbers.iter().max().copied().unwrap_or(0);
+    vec![
+        format!("Meanwhile: all numbers add up to {total}, the target is {target}."),
+        format!(
+            "The largest number is {max}; {target} - {max} = {}.",
+            target as i64 - max as i64
+        ),
+        format!("While waiting I note that {target} has to come from the last operation."),
+    ]
+}
+
+/// Picks branches that together cover `need` distinct solutions (as reported, at most
+/// `per_branch` each), plus some random others.
+fn pick_branches(
+    branches: Vec<(SubTask, Vec<Expr>)>,
+    need: usize,
+    per_branch: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(SubTask, Vec<Expr>)> {
+    let (mut good, mut bad): (Vec<_>, Vec<_>) = branches.into_iter().partition(|b| !b.1.is_empty());
+    good.shuffle(rng);
+    bad.shuffle(rng);
+    let mut chosen = Vec::new();
+    let mut seen = BTreeSet::new();
+    while seen.len() < need {
+        let Some(b) = good.pop() else { break };
+        seen.extend(b.1.iter().take(per_branch).map(Expr::canonical));
+        chosen.push(b);
+    }
+    // Up to 3 more branches (right or dead ends), at most 6 in all unless coverage needs more.
+    let extra = rng
+        .random_range(0..=3usize)
+        .min(6usize.saturating_sub(chosen.len()));
+    let mut rest: Vec<_> = good.into_iter().chain(bad).collect();
+    rest.shuffle(rng);
+    chosen.extend(rest.into_iter().take(extra));
+    chosen.shuffle(rng);
+    chosen
+}
+
+impl Plannable for Countdown {
+    fn plan(item: &CountdownItem, rng: &mut ChaCha8Rng) -> Plan {
+        let branches = countdown_branches(&item.numbers, item.target, 1);
+        let chosen = pick_branches(branches, 1, 1, rng);
+        let answer = chosen
+            .iter()
+            .flat_map(|(_, s)| s.first())
+            .next()
+            .map(Expr::to_string)
+            .unwrap_or_else(|| item.solution.clone());
+        Plan {
+            intro: format!(
+                "Numbers {}, target {}. I will explore different first steps.",
+                join(&item.numbers),
+                item.target
+            ),
+            subtasks: chosen.into_iter().map(|(s, _)| s).collect(),
+            fillers: countdown_fillers(&item.numbers, item.target),
+            conclusion: format!("{answer} = {} uses each number at most once.", item.target),
+            answer,
+        }
+    }
+}
+
+impl Plannable for MultiCountdown {
+    fn plan(item: &MultiCountdownItem, rng: &mut ChaCha8Rng) -> Plan {
+        // Each branch reports up to 2k solutions: branches overlap (3+5+7+9 starts with
+        // any pair), and the organizer needs k distinct ones over all it joins.
+        let per_branch = 2 * item.k;
+        let branches = countdown_branches(&item.numbers, item.target, per_branch);
+        let chosen = pick_branches(branches, item.k, per_branch, rng);
+        // Solutions in fork order, deduplicated by canonical form, as the organizer would.
+        let mut seen = BTreeSet::new();
+        let mut answers = Vec::new();
+        for e in chosen.iter().flat_map(|(_, s)| s.iter().take(per_branch)) {
+            if answers.len() < item.k && seen.insert(e.canonical()) {
+                answers.push(e.to_string());
+            }
+        }
+        let answer = answers.join("; ");
+        Plan {
+            intro: format!(
+                "Numbers {}, target {}, I need {} different expressions. I will split the \
+                 search by first step.",
+                join(&item.numbers),
+                item.target,
+                item.k
+            ),
+            subtasks: chosen.into_iter().map(|(s, _)| s).collect(),
+            fillers: countdown_fillers(&item.numbers, item.target),
+            conclusion: format!(
+                "Collecting distinct solutions (dropping rewrites of the same one): {answer}."
+            ),
+            answer,
+        }
+    }
+}
+
+impl Plannable for Arithmetic {
+    fn plan(item: &ArithmeticItem, _rng: &mut ChaCha8Rng) -> Plan {
+        let sym = item.op.symbol();
+        let show = |xs: &[u64]| xs.iter().map(u64::to_string).collect::<Vec<_>>().join(sym);
+        let mut partials = Vec::new();
+        let subtasks = item
+            .parts
+            .iter()
+            .map(|part| {
+                let mut steps = Vec::new();
+                let mut acc = num_bigint::BigInt::from(part[0]);
+                for &x in &part[1..] {
+                    let next = match item.op {
+                        ArithOp::Sum => &acc + x,
+                        ArithOp::Product => &acc * x,
+                    };
+                    steps.push(format!("{acc}{sym}{x} = {next}"));
+                    acc = next;
+                }
+                partials.push(acc.to_string());
+                let thinking = if steps.is_empty() {
+                    format!("Just {acc}.")
+                } else {
+                    format!("{}.", steps.join("; "))
+                };
+                SubTask {
+                    title: show(part),
+                    query: format!("Compute {}.", show(part)),
+                    thinking,
+                    takeaways: format!("{} = {acc}", show(part)),
+                    reaction: format!("Partial result {acc}."),
+                }
+            })
+            .collect();
+        Plan {
+            intro: format!(
+                "I split {} into {} parts and compute them separately.",
+                show(&item.operands),
+                item.parts.len()
+            ),
+            subtasks,
+            fillers: vec![
+                "While the parts are computed: the final step combines the partial results.".into(),
+                format!("There are {} numbers in total.", item.operands.len()),
+            ],
+            conclusion: format!(
+                "Combining the parts: {} = {}.",
+                partials.join(sym),
+                item.result
+            ),
+            answer: item.result.clone(),
+        }
+    }
+}
+
+impl Plannable for Sudoku {
+    fn plan(item: &SudokuItem, _rng: &mut ChaCha8Rng) -> Plan {
+        let (Some(puzzle), Some(sol)) = (
+            parse_grid(&item.puzzle, true),
+            parse_grid(&item.solution, false),
+        ) else {
+            // Unreadable items yield an empty plan; the validator then drops the trace.
+            return Plan {
+                intro: String::new(),
+                subtasks: vec![],
+                fillers: vec![],
+                conclusion: String::new(),
+                answer: String::new(),
+            };
+        };
+        let rows = crate::tasks::sudoku::render_rows(&puzzle).replace('\n', " / ");
+        let mut subtasks = Vec::new();
+        for b in 0..4 {
+            let (r0, c0) = (b / 2 * 2, b % 2 * 2);
+            let cells: Vec<usize> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                .iter()
+                .map(|(dr, dc)| (r0 + dr) * 4 + c0 + dc)
+                .filter(|&i| puzzle[i] == 0)
+                .collect();
+            if cells.is_empty() {
+                continue;
+            }
+            let name = |i: usize| format!("r{}c{}", i / 4 + 1, i % 4 + 1);
+            let thinking: Vec<String> = cells
+                .iter()
+                .map(|&i| {
+                    let cands = candidates(&puzzle, i);
+                    let cs: Vec<String> = cands.iter().map(u8::to_string).collect();
+                    if cands.len() == 1 {
+                        format!("{} can only be {}", name(i), sol[i])
+                    } else {
+                        format!(
+                            "{} could be {}; the rest of the grid forces {}",
+                            name(i),
+                            cs.join(" or "),
+                            sol[i]
+                        )
+                    }
+                })
+                .collect();
+            let fills: Vec<String> = cells
+                .iter()
+                .map(|&i| format!("{}={}", name(i), sol[i]))
+                .collect();
+            subtasks.push(SubTask {
+                title: format!("box {}", b + 1),
+                query: format!(
+                    "4x4 Sudoku (rows: {rows}; '.' blank). Fill the blank cells of the 2x2 box \
+                     with rows {}-{} and columns {}-{}.",
+                    r0 + 1,
+                    r0 + 2,
+                    c0 + 1,
+                    c0 + 2
+                ),
+                thinking: format!("{}.", thinking.join("; ")),
+                takeaways: fills.join(", "),
+                reaction: format!("Box {} done.", b + 1),
+            });
+        }
+        Plan {
+            intro: format!(
+                "Puzzle rows: {rows}. Each 2x2 box with blanks can be worked on separately."
+            ),
+            subtasks,
+            fillers: vec!["Meanwhile I check that every row will hold 1-4 exactly once.".into()],
+            conclusion:
+                "Putting the boxes together gives a grid where every row, column and box holds 1-4."
+                    .into(),
+            answer: render(&sol),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rendering
+
+/// A synthesized conversation ready for JSONL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    pub meta: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+fn msg(role: &str, content: String) -> Message {
+    Message {
+        role: role.into(),
+        content,
+    }
+}
+
+fn worker_conversation(
+    q: &str,
+    thinking: &str,
+    takeaways: &str,
+    tags: &ProtocolTags,
+) -> (Message, Message, Message) {
+    (
+        msg(
+            "system",
+            WORKER_INSTRUCTION.replace(
+                "<RETURN>your key findings</RETURN>",
+                &tags.ret("your key findings"),
+            ),
+        ),
+        msg("user", q.to_string()),
+        msg("assistant", format!("{thinking}\n{}", tags.ret(takeaways))),
+    )
+}
+
+/// Organizer text for AsyncThink mode with a random fork/join schedule.
+fn asyncthink_text(
+    plan: &Plan,
+    capacity: usize,
+    tags: &ProtocolTags,
+    rng: &mut ChaCha8Rng,
+) -> String {
+    let mut text = format!("{}\n", plan.intro);
+    let mut queue: Vec<usize> = (0..plan.subtasks.len()).collect();
+    queue.reverse();
+    let mut active: Vec<(u32, usize)> = Vec::new();
+    let mut next_id = 1u32;
+    let workers = capacity.saturating_sub(1);
+    // Join policy for this trace: oldest first, newest first, or random.
+    let policy = rng.random_range(0..3u8);
+    while !queue.is_empty() || !active.is_empty() {
+        let can_fork = !queue.is_empty() && active.len() < workers;
+        if can_fork && (active.is_empty() || rng.random_bool(0.6)) {
+            let Some(k) = queue.pop() else { break };
+            let st = &plan.subtasks[k];
+            if rng.random_bool(0.3) {
+                text.push_str(&format!("Let me hand off {}.\n", st.title));
+            }
+            text.push_str(&tags.fork(next_id, &st.query));
+            text.push('\n');
+            active.push((next_id, k));
+            next_id += 1;
+        } else {
+            let pos = match policy {
+                0 => 0,
+                1 => active.len() - 1,
+                _ => rng.random_range(0..active.len()),
+            };
+            let (id, k) = active.remove(pos);
+            if rng.random_bool(0.5)
+                && let Some(f) = plan.fillers.choose(rng)
+            {
+                text.push_str(f);
+                text.push('\n');
+            }
+            let st = &plan.subtasks[k];
+            text.push_str(&tags.join_open(id));
+            text.push_str(&st.takeaways);
+            text.push_str(&tags.join_close(id));
+            text.push('\n');
+            if rng.random_bool(0.7) {
+                text.push_str(&st.reaction);
+                text.push('\n');
+            }
+        }
+    }
+    text.push_str(&plan.conclusion);
+    text.push('\n');
+    text.push_str(&tags.answer(&plan.answer));
+    text
+}
+
+fn sequential_text(plan: &Plan, tags: &ProtocolTags) -> String {
+    let mut text = format!("{}\n", plan.intro);
+    for st in &plan.subtasks {
+        text.push_str(&format!(
+            "Try {}: {} So: {}. {}\n",
+            st.title, st.thinking, st.takeaways, st.reaction
+        ));
+    }
+    text.push_str(&plan.conclusion);
+    text.push('\n');
+    text.push_str(&tags.answer(&plan.answer));
+    text
+}
+
+/// Summary of a batch of synthesized organizer traces.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TraceStats {
+    pub items: usize,
+    pub kept: usize,
+    pub dropped: usize,
+    pub worker_lines: usize,
+    pub forks_per_trace: BTreeMap<usize, usize>,
+    pub join_order: BTreeMap<String, usize>,
+    pub max_active: BTreeMap<usize, usize>,
+    /// Traces where some fork follows some join.
+    pub interleaved: usize,
+    /// Traces with organizer thinking between some fork and its join.
+    pub overlapped: usize,
+    pub first_drop_reason: Option<String>,
+}
+
+impl TraceStats {
+    fn add(&mut self, t: &super::protocol::OrganizerTrace) {
+        self.kept += 1;
+        *self.forks_per_trace.entry(t.forks.len()).or_default() += 1;
+        *self
+            .join_order
+            .entry(format!("{:?}", t.join_order_kind()))
+            .or_default() += 1;
+        *self.max_active.entry(t.max_active).or_default() += 1;
+        self.interleaved += usize::from(t.interleaved());
+        self.overlapped += usize::from(t.overlapped_joins > 0);
+    }
+}
+
+impl fmt::Display for TraceStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |n: usize| 100.0 * n as f64 / self.kept.max(1) as f64;
+        writeln!(
+            f,
+            "items {}, organizer traces kept {} (dropped {}), worker traces {}",
+            self.items, self.kept, self.dropped, self.worker_lines
+        )?;
+        if let Some(r) = &self.first_drop_reason {
+            writeln!(f, "first drop: {r}")?;
+        }
+        let hist = |m: &BTreeMap<usize, usize>| {
+            m.iter()
+                .map(|(k, v)| format!("{k}:{v} ({:.1}%)", pct(*v)))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
+        writeln!(f, "forks per trace: {}", hist(&self.forks_per_trace))?;
+        writeln!(f, "max active workers: {}", hist(&self.max_active))?;
+        let jo: Vec<String> = self
+            .join_order
+            .iter()
+            .map(|(k, v)| format!("{k}:{v} ({:.1}%)", pct(*v)))
+            .collect();
+        writeln!(f, "join order: {}", jo.join("  "))?;
+        write!(
+            f,
+            "fork after join (interleaved): {} ({:.1}%); organizer thinks while a worker runs: {} ({:.1}%)",
+            self.interleaved,
+            pct(self.interleaved),
+            self.overlapped,
+            pct(self.overlapped)
+        )
+    }
+}
+
+/// Renders one item in `mode`, validates every conversation, and returns them (organizer
+/// first) or why the item was dropped.
+pub fn synthesize_item<T: Plannable>(
+    item: &T::Item,
+    mode: TraceMode,
+    capacity: usize,
+    tags: &ProtocolTags,
+    rng: &mut ChaCha8Rng,
+    stats: &mut TraceStats,
+) -> Result<Vec<Conversation>, String> {
+    let plan = T::plan(item, rng);
+    let limits = ProtocolLimits::with_capacity(capacity);
+    let mut workers: Vec<(String, String, String)> = Vec::new();
+    let organizer = match mode {
+        TraceMode::AsyncThink => {
+            for st in &plan.subtasks {
+                workers.push((st.query.clone(), st.thinking.clone(), st.takeaways.clone()));
+            }
+            asyncthink_text(&plan, capacity, tags, rng)
+        }
+        TraceMode::Sequential => sequential_text(&plan, tags),
+        TraceMode::Parallel => {
+            let n = capacity.saturating_sub(1);
+            let mut text =
+                format!("I will let {n} workers solve the whole problem independently.\n");
+            for id in 1..=n as u32 {
+                let mut p = T::plan(item, rng);
+                p.subtasks.shuffle(rng);
+                let body = sequential_text(&p, tags);
+                let thinking = body
+                    .rsplit_once(&tags.answer_open)
+                    .map_or(body.clone(), |(t, _)| t.trim_end().to_string());
+                let takeaways = format!("answer: {}", p.answer);
+                text.push_str(&tags.fork(id, &T::prompt(item)));
+                text.push('\n');
+                workers.push((T::prompt(item), thinking, takeaways));
+            }
+            for (k, id) in (1..=n as u32).enumerate() {
+                text.push_str(&tags.join_open(id));
+                text.push_str(&workers[k].2);
+                text.push_str(&tags.join_close(id));
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "Checking worker 1's answer. {}\n",
+                plan.conclusion
+            ));
+            let first = workers
+                .first()
+                .map(|w| w.2.trim_start_matches("answer: ").to_string());
+            text.push_str(&tags.answer(&first.unwrap_or(plan.answer.clone())));
+            text
+        }
+    };
+    let trace = validate_organizer(&organizer, tags, limits.clone())
+        .map_err(|e: ProtocolError| e.to_string())?;
+    let verdict = T::verify(item, &trace.answer);
+    if !verdict.is_correct() {
+        return Err(format!("answer rejected: {:?}", verdict.detail));
+    }
+    let id = T::id(item).to_string();
+    let mut out = vec![Conversation {
+        messages: vec![
+            msg("system", organizer_instruction(capacity, tags)),
+            msg("user", T::prompt(item)),
+            msg("assistant", organizer.clone()),
+        ],
+        meta: json!({
+            "role": "organizer",
+            "task": T::NAME,
+            "item_id": id,
+            "mode": mode,
+            "capacity": capacity,
+            "n_forks": trace.forks.len(),
+            "join_order": trace.join_order,
+            "join_order_kind": format!("{:?}", trace.join_order_kind()),
+            "interleaved": trace.interleaved(),
+            "overlapped_joins": trace.overlapped_joins,
+            "max_active": trace.max_active,
+            "inserted_char_spans": trace.inserted_char_spans.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+            "inserted_byte_spans": trace.inserted_byte_spans.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+        }),
+    }];
+    for (k, (q, thinking, takeaways)) in workers.iter().enumerate() {
+        let (s, u, a) = worker_conversation(q, thinking, takeaways, tags);
+        let w = validate_worker(&a.content, tags, limits.clone()).map_err(|e| e.to_string())?;
+        if w.takeaways != *takeaways {
+            return Err("worker takeaways changed in rendering".into());
+        }
+        out.push(Conversation {
+            messages: vec![s, u, a],
+            meta: json!({
+                "role": "worker",
+                "task": T::NAME,
+                "item_id": id,
+                "mode": mode,
+                "worker": k + 1,
+            }),
+        });
+    }
+    stats.add(&trace);
+    stats.worker_lines += workers.len();
+    Ok(out)
+}
+
+/// Traces for items `0..n` of `seed`: generated, planned and validated; invalid ones are
+/// dropped and counted.
+pub fn synthesize<T: Plannable>(
+    task: &T,
+    n: usize,
+    seed: u64,
+    mode: TraceMode,
+    capacity: usize,
+    tags: &ProtocolTags,
+) -> (Vec<Conversation>, TraceStats) {
+    let items = crate::tasks::generate_items(task, n, seed);
+    let mut stats = TraceStats {
+        items: items.len(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        // A separate stream from the generator's, so structure and item stay independent.
+        let mut rng = item_rng(seed ^ 0x5452_4143_4553, i as u64);
+        match synthesize_item::<T>(item, mode, capacity, tags, &mut rng, &mut stats) {
+            Ok(convs) => out.extend(convs),
+            Err(why) => {
+                stats.dropped += 1;
+                stats.first_drop_reason.get_or_insert(why);
+            }
+        }
+    }
+    (out, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T: Plannable>(
+        task: &T,
+        mode: TraceMode,
+        capacity: usize,
+    ) -> (Vec<Conversation>, TraceStats) {
+        synthesize(task, 200, 11, mode, capacity, &ProtocolTags::default())
+    }
+
+    #[test]
+    fn asyncthink_traces_all_valid_and_structurally_diverse() {
+        let (convs, stats) = run(&Countdown::default(), TraceMode::AsyncThink, 4);
+        assert_eq!(stats.dropped, 0, "{stats}");
+        assert_eq!(stats.kept, 200);
+        // Not degenerate: several fork counts, every join-order kind, interleaving and
+        // overlapped thinking both present and both absent somewhere.
+        assert!(stats.forks_per_trace.len() >= 4, "{stats}");
+        for kind in ["Single", "Fifo", "Lifo", "Mixed"] {
+            assert!(
+                stats.join_order.get(kind).copied().unwrap_or(0) >= 5,
+                "{kind}: {stats}"
+            );
+        }
+        assert!(stats.interleaved > 10 && stats.interleaved < 190, "{stats}");
+        assert!(stats.overlapped > 10 && stats.overlapped < 200, "{stats}");
+        assert!(stats.max_active.keys().any(|&k| k == 3), "{stats}");
+        // Re-validate from the JSON and check the payload spans cover exactly the inserted text.
+        let tags = ProtocolTags::default();
+        for c in convs.iter().filter(|c| c.meta["role"] == "organizer") {
+            let text = &c.messages[2].content;
+            let t = validate_organizer(text, &tags, ProtocolLimits::with_capacity(4)).unwrap();
+            let chars: Vec<char> = text.chars().collect();
+            let spans = c.meta["inserted_char_spans"].as_array().unwrap();
+            assert_eq!(spans.len(), t.join_order.len());
+            for s in spans {
+                let (a, b) = (
+                    s[0].as_u64().unwrap() as usize,
+                    s[1].as_u64().unwrap() as usize,
+                );
+                let piece: String = chars[a..b].iter().collect();
+                assert!(
+                    piece.ends_with("</JOIN-") || piece.contains("</JOIN-"),
+                    "{piece}"
+                );
+                assert!(!piece.contains("<JOIN-"), "{piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_task_and_mode_is_valid() {
+        for mode in [
+            TraceMode::AsyncThink,
+            TraceMode::Sequential,
+            TraceMode::Parallel,
+        ] {
+            for cap in [2, 4] {
+                let s = run(&Arithmetic::default(), mode, cap).1;
+                assert_eq!(s.dropped, 0, "arithmetic {mode:?} {s}");
+                let s = run(&Sudoku::default(), mode, cap).1;
+                assert_eq!(s.dropped, 0, "sudoku {mode:?} {s}");
+            }
+        }
+        let s = synthesize(
+            &MultiCountdown::default(),
+            20,
+            5,
+            TraceMode::AsyncThink,
+            4,
+            &ProtocolTags::default(),
+        )
+        .1;
+        assert_eq!(s.dropped, 0, "{s}");
+        let s = synthesize(
+            &MultiCountdown::default(),
+            10,
+            5,
+            TraceMode::Parallel,
+            3,
+            &ProtocolTags::default(),
+        )
+        .1;
+        assert_eq!(s.dropped, 0, "{s}");
+        let (_, s) = run(&Countdown::default(), TraceMode::Sequential, 4);
+        assert_eq!(
+            s.forks_per_trace.keys().copied().collect::<Vec<_>>(),
+            vec![0]
+        );
+        let (_, s) = run(&Countdown::default(), TraceMode::Parallel, 4);
+        assert_eq!(
+            s.forks_per_trace.keys().copied().collect::<Vec<_>>(),
+            vec![3]
+        );
+    }
+
+    #[test]
+    fn reproducible() {
+        let a = run(&Countdown::default(), TraceMode::AsyncThink, 3).0;
+        let b = run(&Countdown::default(), TraceMode::AsyncThink, 3).0;
+        let s = |v: &Vec<Conversation>| serde_json::to_string(v).unwrap_or_default();
+        assert_eq!(s(&a), s(&b));
+    }
+}

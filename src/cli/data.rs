@@ -1,0 +1,208 @@
+//! `asyncthink data …`: generate task items, synthesize cold-start traces, check answers.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::asyncthink::protocol::ProtocolTags;
+use crate::asyncthink::traces::{Plannable, TraceMode, synthesize};
+use crate::tasks::arithmetic::Arithmetic;
+use crate::tasks::countdown::Countdown;
+use crate::tasks::math_answer::{self, MathItem};
+use crate::tasks::multi_countdown::MultiCountdown;
+use crate::tasks::sudoku::Sudoku;
+use crate::tasks::{Task, Verdict, extract_final_answer, generate_items};
+use crate::train::reward::accuracy_reward;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TaskName {
+    Countdown,
+    MultiCountdown,
+    Arithmetic,
+    Sudoku,
+    /// Competition math answers (check only; items come from a dataset).
+    Math,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Asyncthink,
+    Sequential,
+    Parallel,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate task items as JSONL.
+    Gen(GenArgs),
+    /// Synthesize cold-start chat traces (organizer and worker lines) as JSONL.
+    Traces(TracesArgs),
+    /// Verify a JSONL of answers (item fields plus "answer") and print the accuracy.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    #[arg(long, value_enum)]
+    pub task: TaskName,
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TracesArgs {
+    #[arg(long, value_enum)]
+    pub task: TaskName,
+    #[arg(long, default_value_t = 1000)]
+    pub n: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = ModeArg::Asyncthink)]
+    pub mode: ModeArg,
+    /// Agents in the pool, organizer included.
+    #[arg(long, default_value_t = 4)]
+    pub capacity: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long, value_enum)]
+    pub task: TaskName,
+    #[arg(long)]
+    pub input: PathBuf,
+}
+
+pub fn run(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Gen(a) => gen_cmd(&a),
+        DataCommand::Traces(a) => traces_cmd(&a),
+        DataCommand::Check(a) => check_cmd(&a),
+    }
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| Error::io(path, e))
+}
+
+fn write_lines<S: serde::Serialize>(path: &Path, rows: &[S]) -> Result<()> {
+    let mut w = create(path)?;
+    for r in rows {
+        serde_json::to_writer(&mut w, r)?;
+        w.write_all(b"\n").map_err(|e| Error::io(path, e))?;
+    }
+    w.flush().map_err(|e| Error::io(path, e))
+}
+
+fn gen_cmd(a: &GenArgs) -> Result<()> {
+    fn go<T: Task>(t: &T, a: &GenArgs) -> Result<()> {
+        let items = generate_items(t, a.n, a.seed);
+        write_lines(&a.out, &items)?;
+        eprintln!(
+            "wrote {} {} items to {}",
+            items.len(),
+            T::NAME,
+            a.out.display()
+        );
+        Ok(())
+    }
+    match a.task {
+        TaskName::Countdown => go(&Countdown::default(), a),
+        TaskName::MultiCountdown => go(&MultiCountdown::default(), a),
+        TaskName::Arithmetic => go(&Arithmetic::default(), a),
+        TaskName::Sudoku => go(&Sudoku::default(), a),
+        TaskName::Math => Err(Error::InvalidInput(
+            "math has no generator: it checks answers to dataset problems".into(),
+        )),
+    }
+}
+
+fn traces_cmd(a: &TracesArgs) -> Result<()> {
+    let mode = match a.mode {
+        ModeArg::Asyncthink => TraceMode::AsyncThink,
+        ModeArg::Sequential => TraceMode::Sequential,
+        ModeArg::Parallel => TraceMode::Parallel,
+    };
+    if mode != TraceMode::Sequential && a.capacity < 2 {
+        return Err(Error::InvalidInput(
+            "forking modes need --capacity >= 2 (the organizer plus a worker)".into(),
+        ));
+    }
+    fn go<T: Plannable>(t: &T, a: &TracesArgs, mode: TraceMode) -> Result<()> {
+        let (convs, stats) = synthesize(t, a.n, a.seed, mode, a.capacity, &ProtocolTags::default());
+        write_lines(&a.out, &convs)?;
+        eprintln!(
+            "{} traces, {:?}, capacity {}:\n{stats}",
+            T::NAME,
+            a.mode,
+            a.capacity
+        );
+        Ok(())
+    }
+    match a.task {
+        TaskName::Countdown => go(&Countdown::default(), a, mode),
+        TaskName::MultiCountdown => go(&MultiCountdown::default(), a, mode),
+        TaskName::Arithmetic => go(&Arithmetic::default(), a, mode),
+        TaskName::Sudoku => go(&Sudoku::default(), a, mode),
+        TaskName::Math => Err(Error::InvalidInput(
+            "math has no decomposition plan for traces".into(),
+        )),
+    }
+}
+
+/// One line of a check file: the item's own fields plus the model's answer (bare, or a
+/// full reply with `<ANSWER>…</ANSWER>`).
+#[derive(Deserialize)]
+struct Answered<I> {
+    #[serde(flatten)]
+    item: I,
+    answer: String,
+}
+
+fn check_cmd(a: &CheckArgs) -> Result<()> {
+    fn go<I: DeserializeOwned>(path: &Path, judge: impl Fn(&I, &str) -> Verdict) -> Result<()> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let tags = ProtocolTags::default();
+        let (mut n, mut correct, mut ra_sum) = (0usize, 0usize, 0.0f64);
+        for (k, line) in BufReader::new(f).lines().enumerate() {
+            let line = line.map_err(|e| Error::io(path, e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: Answered<I> = serde_json::from_str(&line)
+                .map_err(|e| Error::InvalidInput(format!("{}:{}: {e}", path.display(), k + 1)))?;
+            let ans = extract_final_answer(&row.answer, &tags.answer_open, &tags.answer_close);
+            let v = judge(&row.item, &ans);
+            n += 1;
+            correct += usize::from(v.is_correct());
+            ra_sum += accuracy_reward(&v);
+        }
+        let acc = if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        };
+        let ra = if n == 0 { 0.0 } else { ra_sum / n as f64 };
+        println!("accuracy {acc:.4} ({correct}/{n}), mean R_A {ra:.4}");
+        Ok(())
+    }
+    match a.task {
+        TaskName::Countdown => go(&a.input, Countdown::verify),
+        TaskName::MultiCountdown => go(&a.input, MultiCountdown::verify),
+        TaskName::Arithmetic => go(&a.input, Arithmetic::verify),
+        TaskName::Sudoku => go(&a.input, Sudoku::verify),
+        TaskName::Math => go::<MathItem>(&a.input, math_answer::verify),
+    }
+}

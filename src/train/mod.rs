@@ -1,0 +1,3 @@
+//! Training: rewards shared by the executor and GRPO.
+
+pub mod reward;

@@ -106,3 +106,70 @@ fn bad_input_fails_with_a_message_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let lines = [
+        r#"{"id": "a", "prompt": "What is 3 + 4?"}"#,
+        r#"{"id": 7, "messages": [{"role": "user", "content": "hi"}], "sampling": {"max_new_tokens": 3, "ignore_eos": true}}"#,
+        r#"{"id": "empty", "prompt_ids": []}"#,
+        "not json",
+        r#"{"id": "bad-param", "prompt": "x", "sampling": {"top_p": 0}}"#,
+        r#"{"id": "too-long", "prompt_ids": [LONG]}"#,
+        r#"{"id": "z", "prompt_ids": [1, 2, 3], "sampling": {"max_new_tokens": 5, "ignore_eos": true}}"#,
+    ];
+    let long = (0..600)
+        .map(|i| (i % 400).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let text = lines.join("\n").replace("LONG", &long);
+    std::fs::write(&input, text).unwrap();
+    let out = asyncthink(&[
+        "batch",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+        "--ignore-eos",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 7);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i);
+    }
+    assert_eq!(results[0]["id"], "a");
+    assert_eq!(results[0]["token_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(results[1]["id"], 7);
+    assert_eq!(results[1]["token_ids"].as_array().unwrap().len(), 3);
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("empty prompt")
+    );
+    assert!(results[3]["error"].as_str().unwrap().contains("line 4"));
+    assert!(results[4]["error"].as_str().unwrap().contains("top_p"));
+    assert!(
+        results[5]["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_position_embeddings")
+    );
+    assert_eq!(results[6]["token_ids"].as_array().unwrap().len(), 5);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("7 requests (4 failed)"), "{summary}");
+}

@@ -29,6 +29,7 @@ pub trait Backend: Send + Sync {
     /// Takes a parameter from a mapped checkpoint into the backend's storage.
     fn load_weight(&self, t: &HostTensor<'_>) -> Result<Self::Weight>;
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::KvCache>;
+    fn weight_shape(&self, w: &Self::Weight) -> Vec<usize>;
 
     /// Rows of `table` (a `[vocab, hidden]` weight) for each id.
     fn embedding(&self, table: &Self::Weight, ids: &[u32]) -> Result<Self::Tensor>;
@@ -83,4 +84,127 @@ pub trait Backend: Send + Sync {
     /// The listed rows, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+}
+
+/// AdamW hyperparameters of one step (the learning rate already scheduled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Multiplies every gradient first (global-norm clipping, accumulation averaging).
+    pub grad_scale: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+/// The backward half of every op the model uses, plus the optimizer, so training is
+/// written once over backends like inference is.
+pub trait TrainBackend: Backend + Clone {
+    /// An f32 gradient buffer shaped like a weight.
+    type Grad: Send + Sync;
+    /// AdamW moments of one weight.
+    type OptState: Send + Sync;
+
+    /// A parameter in the precision training updates (f32 master weights).
+    fn load_master_weight(&self, t: &HostTensor<'_>) -> Result<Self::Weight>;
+    fn copy(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn zeros_grad(&self, w: &Self::Weight) -> Result<Self::Grad>;
+    fn fill_zero(&self, g: &mut Self::Grad) -> Result<()>;
+    fn new_opt_state(&self, w: &Self::Weight) -> Result<Self::OptState>;
+    fn grad_sq_norm(&self, g: &Self::Grad) -> Result<f64>;
+    fn adamw(
+        &self,
+        w: &mut Self::Weight,
+        g: &Self::Grad,
+        s: &mut Self::OptState,
+        hp: &AdamWStep,
+    ) -> Result<()>;
+
+    /// dL/dx of `linear`, adding dL/dW into `dw`.
+    fn linear_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        dy: &Self::Tensor,
+        dw: &mut Self::Grad,
+    ) -> Result<Self::Tensor>;
+    /// dL/dx of `rms_norm`, adding dL/dw into `dw`.
+    fn rms_norm_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Weight,
+        dy: &Self::Tensor,
+        eps: f32,
+        dw: &mut Self::Grad,
+    ) -> Result<Self::Tensor>;
+    /// From the projections' outputs (before the transform) and the gradients at the
+    /// transform's output, the gradients at its input; adds the norm weights' gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_backward(
+        &self,
+        q_pre: &Self::Tensor,
+        k_pre: &Self::Tensor,
+        dq: Self::Tensor,
+        dk: Self::Tensor,
+        q_norm: &Self::Weight,
+        k_norm: &Self::Weight,
+        d_q_norm: &mut Self::Grad,
+        d_k_norm: &mut Self::Grad,
+        shape: AttentionShape,
+        eps: f32,
+        rope: &Rope,
+        positions: &[u32],
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// Causal attention within each packed sequence (`bounds` are row offsets); returns the
+    /// output and the per-(row, head) log-sum-exp the backward recomputes from.
+    fn varlen_attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        bounds: &[usize],
+        shape: AttentionShape,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    #[allow(clippy::too_many_arguments)]
+    fn varlen_attention_backward(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        out: &Self::Tensor,
+        lse: &Self::Tensor,
+        d_out: &Self::Tensor,
+        bounds: &[usize],
+        shape: AttentionShape,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+    fn swiglu_backward(
+        &self,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// Scatter-adds each row of `dy` into row `ids[r]` of `dw`.
+    fn embedding_backward(&self, ids: &[u32], dy: &Self::Tensor, dw: &mut Self::Grad)
+    -> Result<()>;
+    /// Fused output projection + weighted cross-entropy, chunked over the vocabulary:
+    /// returns (Σ wₜ·CEₜ / normalizer, per-token CE, dL/dh) and adds dL/dW into `dw`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        h: &Self::Tensor,
+        w: &Self::Weight,
+        targets: &[u32],
+        weights: &[f32],
+        normalizer: f32,
+        dw: &mut Self::Grad,
+    ) -> Result<(f64, Vec<f32>, Self::Tensor)>;
+    /// A weight as f32 on the host (checkpoints).
+    fn weight_to_host(&self, w: &Self::Weight) -> Result<Vec<f32>>;
+    fn grad_to_host(&self, g: &Self::Grad) -> Result<Vec<f32>>;
+    fn opt_state_to_host(&self, s: &Self::OptState) -> Result<(Vec<f32>, Vec<f32>)>;
+    fn opt_state_from_host(&self, w: &Self::Weight, m: &[f32], v: &[f32])
+    -> Result<Self::OptState>;
 }

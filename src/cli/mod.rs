@@ -6,6 +6,7 @@ mod bench_batch;
 pub mod data;
 mod generate;
 mod logits;
+mod sft;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
     BenchBatch(bench_batch::BenchBatchArgs),
+    /// Supervised fine-tuning on chat JSONL, with checkpoints and resume.
+    Sft(sft::SftArgs),
     /// Tasks, verifiers and cold-start fork/join traces.
     Data {
         #[command(subcommand)]
@@ -95,5 +98,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::BenchBatch(a) => bench_batch::run(a),
         Command::Data { cmd } => data::run(cmd),
+        Command::Sft(a) => sft::run(a),
     }
 }

@@ -83,6 +83,22 @@ impl Checkpoint {
         }
     }
 
+    /// One safetensors file, whatever its name (optimizer state, …).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let shard = Shard::open(path)?;
+        let location = shard
+            .metadata
+            .tensors()
+            .keys()
+            .map(|k| (k.clone(), 0))
+            .collect();
+        Ok(Checkpoint {
+            shards: vec![shard],
+            location,
+            origin: path.to_path_buf(),
+        })
+    }
+
     /// A single-file checkpoint held in memory; `name` labels it in errors.
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
         let shard = Shard::parse(PathBuf::from(name), ShardBytes::Static(bytes))?;

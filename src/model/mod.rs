@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod qwen3;
 pub mod rope;
+pub mod save;
 pub mod source;
 
 pub use batch::{ForwardBatch, Logits};

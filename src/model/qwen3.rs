@@ -25,6 +25,52 @@ pub struct Layer<B: Backend> {
     pub down_proj: B::Weight,
 }
 
+impl<B: crate::backend::TrainBackend> Qwen3<B> {
+    /// Loads a model whose weights training will update: f32 master copies whatever the
+    /// checkpoint's dtype.
+    pub fn load_for_training(backend: B, dir: &Path) -> Result<Self> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::from_checkpoint_with(backend, config, &ckpt, |b, t| b.load_master_weight(t))
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    /// Parameters with their names inside a layer, in checkpoint order.
+    pub fn named(&self) -> [(&'static str, &B::Weight); 11] {
+        [
+            ("input_layernorm.weight", &self.input_norm),
+            ("self_attn.q_proj.weight", &self.q_proj),
+            ("self_attn.k_proj.weight", &self.k_proj),
+            ("self_attn.v_proj.weight", &self.v_proj),
+            ("self_attn.o_proj.weight", &self.o_proj),
+            ("self_attn.q_norm.weight", &self.q_norm),
+            ("self_attn.k_norm.weight", &self.k_norm),
+            ("post_attention_layernorm.weight", &self.post_attention_norm),
+            ("mlp.gate_proj.weight", &self.gate_proj),
+            ("mlp.up_proj.weight", &self.up_proj),
+            ("mlp.down_proj.weight", &self.down_proj),
+        ]
+    }
+
+    /// The same order as `named`.
+    pub fn named_mut(&mut self) -> [&mut B::Weight; 11] {
+        [
+            &mut self.input_norm,
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.q_norm,
+            &mut self.k_norm,
+            &mut self.post_attention_norm,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
+    }
+}
+
 pub struct Qwen3<B: Backend> {
     pub config: Qwen3Config,
     pub backend: B,
@@ -45,10 +91,21 @@ impl<B: Backend> Qwen3<B> {
     }
 
     pub fn from_checkpoint(backend: B, config: Qwen3Config, ckpt: &Checkpoint) -> Result<Self> {
+        Self::from_checkpoint_with(backend, config, ckpt, |b, t| b.load_weight(t))
+    }
+
+    /// As `from_checkpoint`, with `load` deciding how each tensor is stored (training
+    /// keeps f32 master weights whatever the checkpoint's dtype).
+    pub fn from_checkpoint_with(
+        backend: B,
+        config: Qwen3Config,
+        ckpt: &Checkpoint,
+        load: impl Fn(&B, &super::checkpoint::HostTensor<'_>) -> Result<B::Weight>,
+    ) -> Result<Self> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let get = |name: &str, shape: &[usize]| -> Result<B::Weight> {
-            backend.load_weight(&ckpt.get_shaped(name, shape)?)
+            load(&backend, &ckpt.get_shaped(name, shape)?)
         };
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = if c.tie_word_embeddings {
@@ -88,6 +145,42 @@ impl<B: Backend> Qwen3<B> {
             final_norm,
             rope,
         })
+    }
+
+    /// Every parameter with its Hugging Face name, in a fixed order (tied embeddings once).
+    pub fn parameters(&self) -> Vec<(String, &B::Weight)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        for (l, layer) in self.layers.iter().enumerate() {
+            for (name, w) in layer.named() {
+                out.push((format!("model.layers.{l}.{name}"), w));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), &self.final_norm));
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), head));
+        }
+        out
+    }
+
+    /// The backend, cloned so it can be used while the weights are borrowed mutably.
+    pub fn backend_handle(&self) -> B
+    where
+        B: Clone,
+    {
+        self.backend.clone()
+    }
+
+    /// `parameters`, mutable, same order.
+    pub fn parameters_mut(&mut self) -> Vec<&mut B::Weight> {
+        let mut out = vec![&mut self.embed_tokens];
+        for layer in &mut self.layers {
+            out.extend(layer.named_mut());
+        }
+        out.push(&mut self.final_norm);
+        if let Some(head) = &mut self.lm_head {
+            out.push(head);
+        }
+        out
     }
 
     pub fn attention_shape(&self) -> AttentionShape {

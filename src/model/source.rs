@@ -45,22 +45,78 @@ impl ModelSource {
         }
     }
 
-    pub fn load<B: Backend>(&self, backend: B) -> Result<(Qwen3<B>, Tokenizer)> {
+    /// The model with f32 master weights, for training.
+    pub fn load_for_training<B: crate::backend::TrainBackend>(
+        &self,
+        backend: B,
+    ) -> Result<(Qwen3<B>, Tokenizer)> {
         match self {
-            ModelSource::Dir(dir) => Ok((Qwen3::load(backend, dir)?, Tokenizer::from_dir(dir)?)),
+            ModelSource::Dir(dir) => Ok((
+                Qwen3::load_for_training(backend, dir)?,
+                Tokenizer::from_dir(dir)?,
+            )),
             ModelSource::Embedded => {
-                let name = Path::new(embedded::NAME);
-                let text = String::from_utf8_lossy(embedded::CONFIG);
-                let config = Qwen3Config::from_json_str(&text, name)?;
-                let ckpt = Checkpoint::from_static(embedded::NAME, embedded::WEIGHTS)?;
-                let model = Qwen3::from_checkpoint(backend, config, &ckpt)?;
-                let tokenizer = Tokenizer::from_parts(
-                    embedded::TOKENIZER,
-                    serde_json::from_slice(embedded::GENERATION_CONFIG).ok(),
-                    serde_json::from_slice(embedded::TOKENIZER_CONFIG).ok(),
-                )?;
+                let (config, ckpt, tokenizer) = embedded_parts()?;
+                let model = Qwen3::from_checkpoint_with(backend, config, &ckpt, |b, t| {
+                    b.load_master_weight(t)
+                })?;
                 Ok((model, tokenizer))
             }
         }
     }
+
+    /// Tokenizer and generation files to copy into a checkpoint saved from this model.
+    pub fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        const FILES: [&str; 3] = [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ];
+        match self {
+            ModelSource::Dir(dir) => {
+                let mut out = Vec::new();
+                for f in FILES {
+                    let path = dir.join(f);
+                    if path.exists() {
+                        out.push((
+                            f.to_string(),
+                            std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?,
+                        ));
+                    }
+                }
+                Ok(out)
+            }
+            ModelSource::Embedded => Ok(FILES
+                .iter()
+                .zip([
+                    embedded::TOKENIZER,
+                    embedded::TOKENIZER_CONFIG,
+                    embedded::GENERATION_CONFIG,
+                ])
+                .map(|(f, b)| (f.to_string(), b.to_vec()))
+                .collect()),
+        }
+    }
+
+    pub fn load<B: Backend>(&self, backend: B) -> Result<(Qwen3<B>, Tokenizer)> {
+        match self {
+            ModelSource::Dir(dir) => Ok((Qwen3::load(backend, dir)?, Tokenizer::from_dir(dir)?)),
+            ModelSource::Embedded => {
+                let (config, ckpt, tokenizer) = embedded_parts()?;
+                Ok((Qwen3::from_checkpoint(backend, config, &ckpt)?, tokenizer))
+            }
+        }
+    }
+}
+
+fn embedded_parts() -> Result<(Qwen3Config, Checkpoint, Tokenizer)> {
+    let text = String::from_utf8_lossy(embedded::CONFIG);
+    let config = Qwen3Config::from_json_str(&text, Path::new(embedded::NAME))?;
+    let ckpt = Checkpoint::from_static(embedded::NAME, embedded::WEIGHTS)?;
+    let tokenizer = Tokenizer::from_parts(
+        embedded::TOKENIZER,
+        serde_json::from_slice(embedded::GENERATION_CONFIG).ok(),
+        serde_json::from_slice(embedded::TOKENIZER_CONFIG).ok(),
+    )?;
+    Ok((config, ckpt, tokenizer))
 }

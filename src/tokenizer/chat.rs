@@ -43,7 +43,28 @@ impl Default for ChatTemplateOptions {
 }
 
 pub fn render(messages: &[ChatMessage], opts: &ChatTemplateOptions) -> Result<String> {
+    render_with_spans(messages, opts).map(|(text, _)| text)
+}
+
+/// Where one assistant turn landed in the rendered text (byte offsets): what SFT trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssistantSpan {
+    pub message: usize,
+    /// Start of the turn's text after `<|im_start|>assistant\n` (think block included).
+    pub start: usize,
+    /// Start of the message's visible content within the text.
+    pub content_start: usize,
+    /// End of the closing `<|im_end|>` (the model must learn to stop).
+    pub end: usize,
+}
+
+/// `render`, plus the byte span of every assistant turn.
+pub fn render_with_spans(
+    messages: &[ChatMessage],
+    opts: &ChatTemplateOptions,
+) -> Result<(String, Vec<AssistantSpan>)> {
     let mut out = String::new();
+    let mut spans = Vec::new();
     let is_tool_response =
         |c: &str| c.starts_with("<tool_response>") && c.ends_with("</tool_response>");
     // The last real user query: reasoning of assistant turns before it is dropped.
@@ -63,16 +84,27 @@ pub fn render(messages: &[ChatMessage], opts: &ChatTemplateOptions) -> Result<St
             "assistant" => {
                 let (reasoning, content) = split_reasoning(m);
                 let last = i + 1 == messages.len();
-                if i > last_query && (last || !reasoning.is_empty()) {
+                out.push_str("<|im_start|>assistant\n");
+                let start = out.len();
+                let content = if i > last_query && (last || !reasoning.is_empty()) {
                     out.push_str(&format!(
-                        "<|im_start|>assistant\n<think>\n{}\n</think>\n\n{}",
-                        reasoning.trim_matches('\n'),
-                        content.trim_start_matches('\n')
+                        "<think>\n{}\n</think>\n\n",
+                        reasoning.trim_matches('\n')
                     ));
+                    content.trim_start_matches('\n').to_string()
                 } else {
-                    out.push_str(&format!("<|im_start|>assistant\n{content}"));
-                }
-                out.push_str("<|im_end|>\n");
+                    content
+                };
+                let content_start = out.len();
+                out.push_str(&content);
+                out.push_str("<|im_end|>");
+                spans.push(AssistantSpan {
+                    message: i,
+                    start,
+                    content_start,
+                    end: out.len(),
+                });
+                out.push('\n');
             }
             other => {
                 return Err(Error::InvalidInput(format!(
@@ -87,7 +119,7 @@ pub fn render(messages: &[ChatMessage], opts: &ChatTemplateOptions) -> Result<St
             out.push_str("<think>\n\n</think>\n\n");
         }
     }
-    Ok(out)
+    Ok((out, spans))
 }
 
 /// (reasoning, visible content) of an assistant message, as the template splits them.

@@ -11,6 +11,9 @@ use crate::{Error, Result};
 
 pub use chat::{ChatMessage, ChatTemplateOptions};
 
+/// A token's [start, end) byte offsets in the encoded text.
+pub type ByteRange = (usize, usize);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Ids that end generation: generation_config.json's eos_token_id when present,
@@ -84,6 +87,15 @@ impl Tokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids and each token's byte range in `text`.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("encode: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {

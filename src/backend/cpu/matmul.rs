@@ -148,6 +148,71 @@ fn linear_gemm(x: &[f32], m: usize, k: usize, n: usize, w: &CpuWeight) -> Vec<f3
     out
 }
 
+/// Backward of `linear` for its input: dx[m, k] = dy[m, n] · W[n, k].
+pub fn linear_backward_input(dy: &[f32], m: usize, n: usize, w: &[f32], k: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; m * k];
+    if m == 0 {
+        return dx;
+    }
+    // SAFETY: dst m×k row-major; lhs dy m×n row-major; rhs W n×k row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            k,
+            n,
+            dx.as_mut_ptr(),
+            1,
+            k as isize,
+            false,
+            dy.as_ptr(),
+            1,
+            n as isize,
+            w.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+    dx
+}
+
+/// Backward of `linear` for its weight, accumulated: dw[n, k] += dy[m, n]ᵀ · x[m, k].
+pub fn linear_backward_weight(dy: &[f32], m: usize, n: usize, x: &[f32], k: usize, dw: &mut [f32]) {
+    if m == 0 {
+        return;
+    }
+    debug_assert_eq!(dw.len(), n * k);
+    // SAFETY: dst n×k row-major; lhs dyᵀ is n×m read from dy m×n (rs=1, cs=n); rhs x m×k.
+    unsafe {
+        gemm::gemm(
+            n,
+            k,
+            m,
+            dw.as_mut_ptr(),
+            1,
+            k as isize,
+            true,
+            dy.as_ptr(),
+            n as isize,
+            1,
+            x.as_ptr(),
+            1,
+            k as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+}
+
 /// dst[m, cols] (row stride `dst_rs`) = x[m, k] · w[cols, k]ᵀ
 ///
 /// # Safety
@@ -258,6 +323,29 @@ mod tests {
             );
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-4, "bf16 m={m} k={k} n={n}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn backward_products_match_definitions() {
+        let (m, k, n) = (5, 7, 3);
+        let x = pseudo_random(m * k, 1);
+        let w = pseudo_random(n * k, 2);
+        let dy = pseudo_random(m * n, 3);
+        let dx = linear_backward_input(&dy, m, n, &w, k);
+        let mut dw = vec![1.0f32; n * k];
+        linear_backward_weight(&dy, m, n, &x, k, &mut dw);
+        for i in 0..m {
+            for t in 0..k {
+                let want: f32 = (0..n).map(|j| dy[i * n + j] * w[j * k + t]).sum();
+                assert!((dx[i * k + t] - want).abs() < 1e-5);
+            }
+        }
+        for j in 0..n {
+            for t in 0..k {
+                let want: f32 = 1.0 + (0..m).map(|i| dy[i * n + j] * x[i * k + t]).sum::<f32>();
+                assert!((dw[j * k + t] - want).abs() < 1e-5, "accumulates into dw");
             }
         }
     }

@@ -1,12 +1,16 @@
 //! The CPU reference backend: f32 activations, f32 or bf16 weights, rayon across rows
 //! and heads. It runs everywhere and is the oracle the CUDA backend is tested against.
 
-mod activation;
-mod attention;
+pub mod activation;
+pub mod attention;
 pub mod dot;
+pub mod loss;
 pub mod matmul;
-mod norm;
-mod rope;
+pub mod norm;
+pub mod rope;
+#[cfg(test)]
+mod test_util;
+mod train;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -73,6 +77,17 @@ impl CpuWeight {
         }
     }
 
+    /// The same parameter stored as f32 (training keeps f32 master weights).
+    pub fn into_f32(self) -> CpuWeight {
+        match self {
+            CpuWeight::Bf16 { ref shape, .. } => CpuWeight::F32 {
+                data: self.to_f32(),
+                shape: shape.clone(),
+            },
+            f => f,
+        }
+    }
+
     /// The whole parameter as f32 (1-D norm weights).
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
@@ -102,7 +117,7 @@ impl CpuKvCache {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuBackend;
 
-fn shape_err(op: &str, msg: String) -> Error {
+pub(super) fn shape_err(op: &str, msg: String) -> Error {
     Error::Backend {
         backend: "cpu",
         msg: format!("{op}: {msg}"),
@@ -130,6 +145,10 @@ impl Backend for CpuBackend {
                 shape,
             },
         })
+    }
+
+    fn weight_shape(&self, w: &CpuWeight) -> Vec<usize> {
+        w.shape().to_vec()
     }
 
     fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKvCache> {

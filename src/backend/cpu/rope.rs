@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::CpuTensor;
-use super::norm::rms_norm_row;
+use super::norm::{rms_norm_row, rms_norm_row_backward};
 use crate::model::rope::Rope;
 
 #[allow(clippy::too_many_arguments)]
@@ -71,5 +71,104 @@ mod tests {
         // The first pair rotates at frequency 1: angle 37 rad.
         let (a, b) = (x[0], x[4]);
         assert!((out[0] - (a * 37f32.cos() - b * 37f32.sin())).abs() < 1e-5);
+    }
+}
+
+/// Backward of `qk_norm_rope`. Takes q and k as they were *before* the transform (the
+/// projections' outputs) and the gradients at its output; returns the gradients at its
+/// input, in place of `dq`/`dk`, and the gradients of the two norm weights. RoPE is a
+/// rotation, so its backward is the rotation by the opposite angle.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_backward(
+    q_pre: &CpuTensor,
+    k_pre: &CpuTensor,
+    dq: &mut CpuTensor,
+    dk: &mut CpuTensor,
+    q_w: &[f32],
+    k_w: &[f32],
+    head_dim: usize,
+    eps: f32,
+    rope: &Rope,
+    positions: &[u32],
+) -> (Vec<f32>, Vec<f32>) {
+    let one = |pre: &CpuTensor, d: &mut CpuTensor, w: &[f32]| -> Vec<f32> {
+        let cols = pre.cols;
+        // Per-row parts summed in row order, so the result does not depend on scheduling.
+        let parts: Vec<Vec<f32>> = d
+            .data
+            .par_chunks_mut(cols)
+            .zip(pre.data.par_chunks(cols))
+            .zip(positions.par_iter())
+            .map(|((drow, prow), &pos)| {
+                let mut dw = vec![0f32; head_dim];
+                let (cos, sin) = rope.cos_sin(pos);
+                let neg_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
+                for (dh, xh) in drow.chunks_mut(head_dim).zip(prow.chunks(head_dim)) {
+                    let mut d_normed = vec![0f32; head_dim];
+                    apply_rope(dh, &cos, &neg_sin, &mut d_normed);
+                    let part = rms_norm_row_backward(xh, w, &d_normed, eps, dh);
+                    dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                }
+                dw
+            })
+            .collect();
+        parts.into_iter().fold(vec![0f32; head_dim], |mut acc, p| {
+            acc.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+            acc
+        })
+    };
+    let dq_w = one(q_pre, dq, q_w);
+    let dk_w = one(k_pre, dk, k_w);
+    (dq_w, dk_w)
+}
+
+#[cfg(test)]
+mod backward_tests {
+    use super::*;
+    use crate::backend::cpu::test_util::{assert_close, numeric_grad, rand_vec};
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (d, rows) = (8, 3);
+        let rope = Rope::new(d, 10000.0);
+        let positions = [0u32, 5, 17];
+        let (q, k) = (rand_vec(rows * 2 * d, 1), rand_vec(rows * d, 2));
+        let (qw, kw) = (rand_vec(d, 3), rand_vec(d, 4));
+        let (gq, gk) = (rand_vec(rows * 2 * d, 5), rand_vec(rows * d, 6));
+        let loss = |q: &[f32], k: &[f32], qw: &[f32], kw: &[f32]| -> f64 {
+            let mut qt = CpuTensor::new(q.to_vec(), rows, 2 * d);
+            let mut kt = CpuTensor::new(k.to_vec(), rows, d);
+            qk_norm_rope(&mut qt, &mut kt, qw, kw, d, 1e-6, &rope, &positions);
+            let a: f64 = qt
+                .data
+                .iter()
+                .zip(&gq)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum();
+            a + kt
+                .data
+                .iter()
+                .zip(&gk)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum::<f64>()
+        };
+        let mut dq = CpuTensor::new(gq.clone(), rows, 2 * d);
+        let mut dk = CpuTensor::new(gk.clone(), rows, d);
+        let (dqw, dkw) = qk_norm_rope_backward(
+            &CpuTensor::new(q.clone(), rows, 2 * d),
+            &CpuTensor::new(k.clone(), rows, d),
+            &mut dq,
+            &mut dk,
+            &qw,
+            &kw,
+            d,
+            1e-6,
+            &rope,
+            &positions,
+        );
+        assert_close(&dq.data, &numeric_grad(|v| loss(v, &k, &qw, &kw), &q), 2e-3);
+        assert_close(&dk.data, &numeric_grad(|v| loss(&q, v, &qw, &kw), &k), 2e-3);
+        assert_close(&dqw, &numeric_grad(|v| loss(&q, &k, v, &kw), &qw), 2e-3);
+        assert_close(&dkw, &numeric_grad(|v| loss(&q, &k, &qw, v), &kw), 2e-3);
     }
 }

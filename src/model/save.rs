@@ -1,0 +1,132 @@
+//! Writing a model back as a Hugging Face checkpoint (config.json, model.safetensors,
+//! tokenizer files) that transformers loads, atomically: the directory appears whole
+//! under its final name or not at all.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::Dtype;
+use safetensors::tensor::TensorView;
+use serde_json::json;
+
+use super::Qwen3;
+use crate::backend::TrainBackend;
+use crate::{Error, Result};
+
+/// Extra files to write beside the weights (tokenizer.json, optimizer state, …): name → bytes.
+pub type ExtraFiles = Vec<(String, Vec<u8>)>;
+
+/// config.json in the Qwen3 release layout, for the weights as saved (float32).
+pub fn config_json<B: TrainBackend>(model: &Qwen3<B>) -> serde_json::Value {
+    let c = &model.config;
+    json!({
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "rope_scaling": null,
+        "vocab_size": c.vocab_size,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "max_position_embeddings": c.max_position_embeddings,
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "use_sliding_window": false,
+        "torch_dtype": "float32",
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": match c.eos_token_ids.as_slice() {
+            [one] => json!(one),
+            many => json!(many),
+        },
+    })
+}
+
+/// Named f32 tensors as safetensors bytes, with the `format: pt` metadata transformers wants.
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+    let bytes: Vec<(&String, &Vec<usize>, &[u8])> = tensors
+        .iter()
+        .map(|(n, s, d)| (n, s, bytemuck::cast_slice::<f32, u8>(d)))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F32, (*s).clone(), b)
+                .map(|v| ((*n).clone(), v))
+                .map_err(|e| Error::InvalidInput(format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<HashMap<_, _>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::InvalidInput(format!("serialize: {e}")))
+}
+
+/// Saves weights (f32: the training master copy, so a resumed run continues exactly),
+/// config.json and `extra` files into `dir`, replacing it atomically.
+pub fn save_checkpoint<B: TrainBackend>(
+    model: &Qwen3<B>,
+    dir: &Path,
+    extra: &ExtraFiles,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (name, w) in model.parameters() {
+        tensors.push((
+            name,
+            model.backend.weight_shape(w),
+            model.backend.weight_to_host(w)?,
+        ));
+    }
+    let mut files: ExtraFiles = vec![
+        ("model.safetensors".into(), safetensors_bytes(&tensors)?),
+        (
+            "config.json".into(),
+            serde_json::to_vec_pretty(&config_json(model))?,
+        ),
+    ];
+    files.extend(extra.iter().cloned());
+    write_dir_atomic(dir, &files)
+}
+
+/// Writes every file into a temporary sibling directory, syncs it, then swaps it in.
+pub fn write_dir_atomic(dir: &Path, files: &ExtraFiles) -> Result<()> {
+    use std::io::Write;
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::InvalidInput(format!("{} is not a directory path", dir.display())))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    for (file, bytes) in files {
+        let path = tmp.join(file);
+        let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    // A directory cannot be renamed over a non-empty one: move the old aside first.
+    let old = parent.join(format!(
+        ".{}.old{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}

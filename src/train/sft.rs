@@ -1,0 +1,305 @@
+//! The SFT trainer: packed batches → loss and gradients → AdamW, with evaluation,
+//! atomic checkpoints and exact resume (weights, optimizer moments, step, data position).
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::batch::TrainBatch;
+use super::grad::{Gradients, loss_and_grad};
+use super::optim::{AdamW, OptimConfig};
+use super::sft_data::{DataPosition, SftExample, SftLoader};
+use crate::backend::TrainBackend;
+use crate::model::Qwen3;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::save::{ExtraFiles, safetensors_bytes, save_checkpoint};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SftConfig {
+    /// Optimizer steps in all (a resumed run continues to this).
+    pub steps: u64,
+    /// Tokens per micro-batch (whole conversations packed).
+    pub batch_tokens: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Conversations longer than this are cut.
+    pub max_len: usize,
+    pub seed: u64,
+    /// Save every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Evaluate every this many steps (0: only at the end).
+    pub eval_every: u64,
+    pub activation_checkpointing: bool,
+    pub optim: OptimConfig,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            steps: 100,
+            batch_tokens: 2048,
+            grad_accum: 1,
+            max_len: 2048,
+            seed: 0,
+            checkpoint_every: 0,
+            eval_every: 0,
+            activation_checkpointing: false,
+            optim: OptimConfig::default(),
+        }
+    }
+}
+
+/// Saved beside the weights: what resuming needs besides them and the optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub step: u64,
+    pub position: DataPosition,
+    pub tokens_seen: u64,
+    pub config: SftConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub tokens_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// Peak resident memory of the process so far.
+    pub peak_rss_mb: f64,
+}
+
+pub struct SftTrainer<B: TrainBackend> {
+    pub model: Qwen3<B>,
+    pub optimizer: AdamW<B>,
+    grads: Gradients<B>,
+    loader: SftLoader,
+    eval: Vec<TrainBatch>,
+    pub state: TrainerState,
+    /// Tokenizer (and other) files copied into every checkpoint.
+    extra_files: ExtraFiles,
+}
+
+impl<B: TrainBackend> SftTrainer<B> {
+    pub fn new(
+        model: Qwen3<B>,
+        train: Vec<SftExample>,
+        eval: Vec<SftExample>,
+        config: SftConfig,
+        extra_files: ExtraFiles,
+    ) -> Result<Self> {
+        let state = TrainerState {
+            step: 0,
+            position: DataPosition {
+                epoch: 0,
+                cursor: 0,
+            },
+            tokens_seen: 0,
+            config,
+        };
+        Self::assemble(model, None, train, eval, state, extra_files)
+    }
+
+    fn assemble(
+        model: Qwen3<B>,
+        optimizer: Option<AdamW<B>>,
+        train: Vec<SftExample>,
+        eval: Vec<SftExample>,
+        state: TrainerState,
+        extra_files: ExtraFiles,
+    ) -> Result<Self> {
+        let c = &state.config;
+        if c.batch_tokens == 0 || c.grad_accum == 0 || c.max_len < 2 {
+            return Err(Error::InvalidInput(format!("invalid SFT settings: {c:?}")));
+        }
+        let optimizer = match optimizer {
+            Some(o) => o,
+            None => AdamW::new(
+                &model,
+                OptimConfig {
+                    total_steps: c.steps,
+                    ..c.optim.clone()
+                },
+            )?,
+        };
+        let grads = Gradients::zeros(&model)?;
+        let eval_loader = SftLoader::new(
+            eval,
+            0,
+            DataPosition {
+                epoch: 0,
+                cursor: 0,
+            },
+        );
+        let eval = if eval_loader.is_empty() {
+            Vec::new()
+        } else {
+            eval_loader.all_batches(c.batch_tokens)?
+        };
+        let loader = SftLoader::new(train, c.seed, state.position);
+        Ok(SftTrainer {
+            model,
+            optimizer,
+            grads,
+            loader,
+            eval,
+            state,
+            extra_files,
+        })
+    }
+
+    /// Continues from a checkpoint written by `save`: same weights, optimizer moments,
+    /// step count and data position, so the loss curve continues as if never stopped.
+    pub fn resume(
+        backend: B,
+        dir: &Path,
+        train: Vec<SftExample>,
+        eval: Vec<SftExample>,
+        extra_files: ExtraFiles,
+    ) -> Result<Self> {
+        let state_path = dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+            file: state_path.clone(),
+            msg: format!("not a trainer state: {e}"),
+        })?;
+        let model = Qwen3::load_for_training(backend, dir)?;
+        let mut optimizer = AdamW::new(
+            &model,
+            OptimConfig {
+                total_steps: state.config.steps,
+                ..state.config.optim.clone()
+            },
+        )?;
+        optimizer.step = state.step;
+        let moments = Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
+        for ((name, w), s) in model
+            .parameters()
+            .into_iter()
+            .zip(optimizer.states.iter_mut())
+        {
+            let m = moments
+                .get_shaped(&format!("{name}.exp_avg"), &model.backend.weight_shape(w))?
+                .to_f32();
+            let v = moments
+                .get_shaped(
+                    &format!("{name}.exp_avg_sq"),
+                    &model.backend.weight_shape(w),
+                )?
+                .to_f32();
+            *s = model.backend.opt_state_from_host(w, &m, &v)?;
+        }
+        Self::assemble(model, Some(optimizer), train, eval, state, extra_files)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.step >= self.state.config.steps
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn train_step(&mut self) -> Result<StepLog> {
+        let started = Instant::now();
+        let c = self.state.config.clone();
+        self.grads.zero(&self.model.backend)?;
+        let (mut loss, mut tokens) = (0.0, 0);
+        for _ in 0..c.grad_accum {
+            let batch = self.loader.next_batch(c.batch_tokens)?;
+            let norm = batch.weight_sum();
+            if norm <= 0.0 {
+                return Err(Error::InvalidInput(
+                    "a micro-batch has no trainable token".into(),
+                ));
+            }
+            loss += loss_and_grad(
+                &self.model,
+                &batch,
+                norm,
+                &mut self.grads,
+                c.activation_checkpointing,
+            )?
+            .loss;
+            tokens += batch.num_tokens();
+        }
+        loss /= c.grad_accum as f64;
+        let report = self
+            .optimizer
+            .step(&mut self.model, &self.grads, c.grad_accum)?;
+        self.state.step = self.optimizer.step;
+        self.state.position = self.loader.position;
+        self.state.tokens_seen += tokens as u64;
+        let eval_due = c.eval_every > 0 && self.state.step.is_multiple_of(c.eval_every);
+        let eval_loss = if (eval_due || self.is_done()) && !self.eval.is_empty() {
+            Some(self.evaluate()?)
+        } else {
+            None
+        };
+        Ok(StepLog {
+            step: self.state.step,
+            loss,
+            lr: report.lr,
+            grad_norm: report.grad_norm,
+            tokens,
+            tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            eval_loss,
+            peak_rss_mb: peak_rss_mb(),
+        })
+    }
+
+    /// Mean loss per trainable token over the evaluation set (no update).
+    pub fn evaluate(&mut self) -> Result<f64> {
+        let mut scratch = Gradients::zeros(&self.model)?;
+        let (mut total, mut weight) = (0.0, 0.0);
+        for batch in &self.eval {
+            let w = batch.weight_sum() as f64;
+            if w == 0.0 {
+                continue;
+            }
+            // Gradients are computed and discarded: the forward is the same code path.
+            total += loss_and_grad(&self.model, batch, 1.0, &mut scratch, true)?.loss;
+            weight += w;
+        }
+        Ok(total / weight.max(1e-12))
+    }
+
+    /// Weights (HF layout), config, tokenizer files, optimizer moments and trainer state.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let b = &self.model.backend;
+        let mut moments = Vec::new();
+        for ((name, w), s) in self
+            .model
+            .parameters()
+            .into_iter()
+            .zip(&self.optimizer.states)
+        {
+            let (m, v) = b.opt_state_to_host(s)?;
+            moments.push((format!("{name}.exp_avg"), b.weight_shape(w), m));
+            moments.push((format!("{name}.exp_avg_sq"), b.weight_shape(w), v));
+        }
+        let mut files = self.extra_files.clone();
+        files.push(("optimizer.safetensors".into(), safetensors_bytes(&moments)?));
+        files.push((
+            "trainer_state.json".into(),
+            serde_json::to_vec_pretty(&self.state)?,
+        ));
+        save_checkpoint(&self.model, dir, &files)
+    }
+}
+
+/// Peak resident set size (VmHWM) in MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

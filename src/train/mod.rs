@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod grad;
+pub mod grpo;
 pub mod optim;
 pub mod plot;
 pub mod reward;

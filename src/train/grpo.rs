@@ -61,7 +61,7 @@ impl Default for GrpoConfig {
 
 /// Group-relative advantages: `rewards` holds consecutive groups of `group_size`.
 pub fn advantages(rewards: &[f64], group_size: usize, scale: RewardScale) -> Result<Vec<f64>> {
-    if group_size == 0 || rewards.len() % group_size != 0 {
+    if group_size == 0 || !rewards.len().is_multiple_of(group_size) {
         return Err(Error::InvalidInput(format!(
             "{} rewards do not split into groups of {group_size}",
             rewards.len()

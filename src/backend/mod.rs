@@ -201,6 +201,13 @@ pub trait TrainBackend: Backend + Clone {
         normalizer: f32,
         dw: &mut Self::Grad,
     ) -> Result<(f64, Vec<f32>, Self::Tensor)>;
+    /// log p(targets[r]) for every row of `h` under the output projection `w` (no gradient).
+    fn target_log_probs(
+        &self,
+        h: &Self::Tensor,
+        w: &Self::Weight,
+        targets: &[u32],
+    ) -> Result<Vec<f32>>;
     /// A weight as f32 on the host (checkpoints).
     fn weight_to_host(&self, w: &Self::Weight) -> Result<Vec<f32>>;
     fn grad_to_host(&self, g: &Self::Grad) -> Result<Vec<f32>>;

@@ -294,3 +294,25 @@ pub fn loss_and_grad<B: TrainBackend>(
     b.embedding_backward(&batch.ids, &d, &mut grads.grads[0])?;
     Ok(LossReport { loss, token_losses })
 }
+
+/// log p(target) of every row of `batch` under the current parameters, forward only
+/// (GRPO's ratio numerator, and the sampler/trainer agreement check).
+pub fn target_log_probs<B: TrainBackend>(model: &Qwen3<B>, batch: &TrainBatch) -> Result<Vec<f32>> {
+    let b = &model.backend;
+    let vocab = model.config.vocab_size;
+    if let Some(t) = batch.ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::InvalidInput(format!(
+            "token id {t} is outside the vocabulary (size {vocab})"
+        )));
+    }
+    let mut h = b.embedding(&model.embed_tokens, &batch.ids)?;
+    for l in 0..model.layers.len() {
+        h = layer_forward(model, l, h, batch)?.0;
+    }
+    let f = b.rms_norm(&h, &model.final_norm, model.config.rms_norm_eps)?;
+    b.target_log_probs(
+        &f,
+        model.lm_head.as_ref().unwrap_or(&model.embed_tokens),
+        &batch.targets,
+    )
+}

@@ -48,44 +48,8 @@ pub fn fused_linear_cross_entropy(
         .iter()
         .flat_map(|&t| h.row(t).iter().copied())
         .collect();
-    let chunk_logits = |c0: usize, c1: usize| -> Vec<f32> {
-        super::matmul::linear(
-            &ha,
-            ta,
-            hidden,
-            &super::CpuWeight::F32 {
-                data: w[c0 * hidden..c1 * hidden].to_vec(),
-                shape: vec![c1 - c0, hidden],
-            },
-        )
-    };
 
-    // Pass 1: log-sum-exp per row, online over chunks, and the target logit.
-    let mut max = vec![f32::NEG_INFINITY; ta];
-    let mut sum = vec![0f32; ta];
-    let mut target_logit = vec![0f32; ta];
-    for c0 in (0..vocab).step_by(CHUNK) {
-        let c1 = (c0 + CHUNK).min(vocab);
-        let logits = chunk_logits(c0, c1);
-        let width = c1 - c0;
-        max.par_iter_mut()
-            .zip(sum.par_iter_mut())
-            .zip(target_logit.par_iter_mut())
-            .enumerate()
-            .for_each(|(r, ((m, s), tl))| {
-                let row = &logits[r * width..(r + 1) * width];
-                let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let new_max = m.max(cmax);
-                *s = *s * (*m - new_max).exp()
-                    + row.iter().map(|x| (x - new_max).exp()).sum::<f32>();
-                *m = new_max;
-                let t = targets[active[r]] as usize;
-                if (c0..c1).contains(&t) {
-                    *tl = row[t - c0];
-                }
-            });
-    }
-    let lse: Vec<f32> = max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect();
+    let (lse, target_logit) = lse_and_target(&ha, ta, hidden, w, vocab, |r| targets[active[r]]);
     let mut loss = 0f64;
     for r in 0..ta {
         let t = active[r];
@@ -99,7 +63,7 @@ pub fn fused_linear_cross_entropy(
     for c0 in (0..vocab).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(vocab);
         let width = c1 - c0;
-        let mut dlog = chunk_logits(c0, c1);
+        let mut dlog = chunk_logits(&ha, ta, hidden, w, c0, c1);
         dlog.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
             let scale = weights[active[r]] / normalizer;
             let t = targets[active[r]] as usize;
@@ -128,6 +92,65 @@ pub fn fused_linear_cross_entropy(
         token_losses,
         d_hidden,
     }
+}
+
+/// log p(target) of every row of `h` [T, H] under `w` [V, H]: the loss's first pass only.
+pub fn target_log_probs(h: &CpuTensor, w: &[f32], vocab: usize, targets: &[u32]) -> Vec<f32> {
+    let (lse, target_logit) = lse_and_target(&h.data, h.rows, h.cols, w, vocab, |r| targets[r]);
+    lse.iter().zip(&target_logit).map(|(l, t)| t - l).collect()
+}
+
+fn chunk_logits(
+    h: &[f32],
+    rows: usize,
+    hidden: usize,
+    w: &[f32],
+    c0: usize,
+    c1: usize,
+) -> Vec<f32> {
+    // The same dot-product/gemm path as inference logits, so sampler and trainer agree.
+    let panel = super::CpuWeight::F32 {
+        data: w[c0 * hidden..c1 * hidden].to_vec(),
+        shape: vec![c1 - c0, hidden],
+    };
+    super::matmul::linear(h, rows, hidden, &panel)
+}
+
+/// Each row's log-sum-exp over the vocabulary (online over chunks) and its target's logit.
+fn lse_and_target(
+    h: &[f32],
+    rows: usize,
+    hidden: usize,
+    w: &[f32],
+    vocab: usize,
+    target: impl Fn(usize) -> u32 + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut max = vec![f32::NEG_INFINITY; rows];
+    let mut sum = vec![0f32; rows];
+    let mut target_logit = vec![0f32; rows];
+    for c0 in (0..vocab).step_by(CHUNK) {
+        let c1 = (c0 + CHUNK).min(vocab);
+        let logits = chunk_logits(h, rows, hidden, w, c0, c1);
+        let width = c1 - c0;
+        max.par_iter_mut()
+            .zip(sum.par_iter_mut())
+            .zip(target_logit.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, ((m, s), tl))| {
+                let row = &logits[r * width..(r + 1) * width];
+                let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_max = m.max(cmax);
+                *s = *s * (*m - new_max).exp()
+                    + row.iter().map(|x| (x - new_max).exp()).sum::<f32>();
+                *m = new_max;
+                let t = target(r) as usize;
+                if (c0..c1).contains(&t) {
+                    *tl = row[t - c0];
+                }
+            });
+    }
+    let lse = max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect();
+    (lse, target_logit)
 }
 
 #[cfg(test)]

@@ -250,6 +250,20 @@ impl TrainBackend for CpuBackend {
         Ok((out.loss, out.token_losses, out.d_hidden))
     }
 
+    fn target_log_probs(&self, h: &CpuTensor, w: &CpuWeight, targets: &[u32]) -> Result<Vec<f32>> {
+        let vocab = w.rows();
+        if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "target id {t} outside the vocabulary ({vocab})"
+            )));
+        }
+        let data = match w {
+            CpuWeight::F32 { data, .. } => std::borrow::Cow::Borrowed(data.as_slice()),
+            CpuWeight::Bf16 { .. } => std::borrow::Cow::Owned(w.to_f32()),
+        };
+        Ok(loss::target_log_probs(h, &data, vocab, targets))
+    }
+
     fn weight_to_host(&self, w: &CpuWeight) -> Result<Vec<f32>> {
         Ok(w.to_f32())
     }

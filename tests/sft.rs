@@ -1,8 +1,6 @@
 //! Training end to end on the CPU: the tiny model overfits, a saved checkpoint reloads
 //! with identical logits, and a resumed run continues the same loss curve.
 
-
-
 use asyncthink::backend::Backend;
 use asyncthink::backend::cpu::CpuBackend;
 use asyncthink::engine::{Engine, EngineConfig};
@@ -144,4 +142,52 @@ fn saved_checkpoint_reloads_with_identical_logits() {
         "tokenizer files travel with the checkpoint"
     );
     assert_eq!(reloaded.backend.name(), "cpu");
+}
+
+#[test]
+fn evaluation_loss_equals_the_training_loss_on_the_same_data_before_an_update() {
+    let (model, tok) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let data = dataset(&tok);
+    // A micro-batch of exactly one epoch: every example once.
+    let epoch_tokens = data.iter().map(|e| e.ids.len()).sum();
+    let cfg = SftConfig {
+        batch_tokens: epoch_tokens,
+        grad_accum: 1,
+        ..config(1)
+    };
+    let mut t = SftTrainer::new(model, data.clone(), data, cfg, Vec::new()).unwrap();
+    let eval = t.evaluate().unwrap();
+    let step = t.train_step().unwrap();
+    // One micro-batch holding every example: its loss is the evaluation loss (before the
+    // update), up to f32 rounding of the two paths (different packing order and kernels).
+    assert!(
+        (eval - step.loss).abs() < 1e-5 * eval.abs(),
+        "eval {eval} vs train {}",
+        step.loss
+    );
+}
+
+#[test]
+fn forward_only_log_probs_match_the_loss_pass() {
+    use asyncthink::train::grad::target_log_probs;
+    use asyncthink::train::{Gradients, TrainBatch, loss_and_grad};
+    let (model, tok) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let data = dataset(&tok);
+    let seqs: Vec<(Vec<u32>, Vec<f32>)> = data
+        .iter()
+        .map(|e| (e.ids.clone(), vec![1.0; e.weights.len()]))
+        .collect();
+    let batch = TrainBatch::pack(&seqs).unwrap();
+    let mut g = Gradients::zeros(&model).unwrap();
+    let rep = loss_and_grad(&model, &batch, 1.0, &mut g, false).unwrap();
+    let lp = target_log_probs(&model, &batch).unwrap();
+    let worst = rep
+        .token_losses
+        .iter()
+        .zip(&lp)
+        .zip(&batch.weights)
+        .filter(|(_, w)| **w > 0.0)
+        .map(|((ce, lp), _)| (ce + lp).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "per-token CE vs -log p differ by {worst}");
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::batch::TrainBatch;
-use super::grad::{Gradients, loss_and_grad};
+use super::grad::{Gradients, loss_and_grad, target_log_probs};
 use super::optim::{AdamW, OptimConfig};
 use super::sft_data::{DataPosition, SftExample, SftLoader};
 use crate::backend::TrainBackend;
@@ -251,18 +251,15 @@ impl<B: TrainBackend> SftTrainer<B> {
         })
     }
 
-    /// Mean loss per trainable token over the evaluation set (no update).
+    /// Mean loss per trainable token over the evaluation set (forward only, no update).
     pub fn evaluate(&mut self) -> Result<f64> {
-        let mut scratch = Gradients::zeros(&self.model)?;
         let (mut total, mut weight) = (0.0, 0.0);
         for batch in &self.eval {
-            let w = batch.weight_sum() as f64;
-            if w == 0.0 {
-                continue;
+            let logp = target_log_probs(&self.model, batch)?;
+            for (lp, &w) in logp.iter().zip(&batch.weights) {
+                total -= w as f64 * *lp as f64;
+                weight += w as f64;
             }
-            // Gradients are computed and discarded: the forward is the same code path.
-            total += loss_and_grad(&self.model, batch, 1.0, &mut scratch, true)?.loss;
-            weight += w;
         }
         Ok(total / weight.max(1e-12))
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::sampling::SamplingParams;
+use super::sampling::{SamplingParams, log_prob};
 use super::sequence::{FinishReason, SeqId, Sequence, Status};
 use crate::backend::Backend;
 use crate::kv::{BlockManager, KvLayout, block_hash};
@@ -216,6 +216,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         let mut child = Sequence::new(id, p.tokens[..p.prompt_len].to_vec(), params, arrival)?;
         child.tokens = p.tokens.clone();
         child.generated = p.generated.clone();
+        child.logprobs = p.logprobs.clone();
         child.num_computed = p.num_computed;
         child.block_table = p.block_table.clone();
         child.block_hashes = p.block_hashes.clone();
@@ -359,11 +360,11 @@ impl<'m, B: Backend> Engine<'m, B> {
             let Some(s) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let token = s
-                .sampler
-                .sample(&logits[row * vocab..(row + 1) * vocab], &s.tokens)?;
+            let row_logits = &logits[row * vocab..(row + 1) * vocab];
+            let token = s.sampler.sample(row_logits, &s.tokens)?;
             s.tokens.push(token);
             s.generated.push(token);
+            s.logprobs.push(log_prob(row_logits, token));
             self.stats.generated_tokens += 1;
             let finish = s.stop_reason(&self.eos, max_positions, self.tokenizer)?;
             if let Some(reason) = &finish {

@@ -112,6 +112,13 @@ impl Sampler {
     }
 }
 
+/// log softmax(logits)[token], in f64 internally so it rounds once.
+pub fn log_prob(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    (logits[token as usize] as f64 - max - sum.ln()) as f32
+}
+
 /// First index of the maximum, as torch.argmax breaks ties.
 pub fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;

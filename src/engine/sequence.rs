@@ -37,6 +37,9 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Tokens sampled by the model (injected tokens excluded).
     pub generated: Vec<u32>,
+    /// log p of each generated token under the model (temperature 1, before any
+    /// filtering): what a policy-gradient trainer recomputes and compares against.
+    pub logprobs: Vec<f32>,
     /// Leading tokens whose K/V are in the cache.
     pub num_computed: usize,
     pub block_table: Vec<u32>,
@@ -63,6 +66,7 @@ impl Sequence {
             prompt_len: prompt.len(),
             tokens: prompt,
             generated: Vec::new(),
+            logprobs: Vec::new(),
             num_computed: 0,
             block_table: Vec::new(),
             block_hashes: Vec::new(),

@@ -36,7 +36,7 @@ pub struct UpdateStats {
     pub lr: f32,
 }
 
-fn pack<B: TrainBackend>(seqs: &[RolloutSeq]) -> Result<TrainBatch> {
+fn pack(seqs: &[RolloutSeq]) -> Result<TrainBatch> {
     let packed: Vec<(Vec<u32>, Vec<f32>)> = seqs
         .iter()
         .map(|s| {
@@ -69,7 +69,7 @@ pub fn grpo_update<B: TrainBackend>(
             "a rollout sequence names an episode without an advantage".into(),
         ));
     }
-    let mut batch = pack::<B>(seqs)?;
+    let mut batch = pack(seqs)?;
     // Row of generated position p in the packed batch: the row predicting it, p - 1.
     let rows: Vec<Vec<usize>> = seqs
         .iter()

@@ -256,6 +256,19 @@ impl<'m, B: Backend> Engine<'m, B> {
         Ok(())
     }
 
+    /// The next tokens this sequence "samples" are `tokens`, in order; sampling resumes
+    /// after them.
+    pub fn force_tokens(&mut self, id: SeqId, tokens: &[u32]) -> Result<()> {
+        let vocab = self.model.config.vocab_size;
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {t} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        self.live(id)?.forced.extend(tokens.iter().copied());
+        Ok(())
+    }
+
     /// A paused sequence keeps its blocks but is not scheduled.
     pub fn set_paused(&mut self, id: SeqId, paused: bool) -> Result<()> {
         self.live(id)?.paused = paused;
@@ -361,7 +374,10 @@ impl<'m, B: Backend> Engine<'m, B> {
                 continue;
             };
             let row_logits = &logits[row * vocab..(row + 1) * vocab];
-            let token = s.sampler.sample(row_logits, &s.tokens)?;
+            let token = match s.forced.pop_front() {
+                Some(t) => t,
+                None => s.sampler.sample(row_logits, &s.tokens)?,
+            };
             s.tokens.push(token);
             s.generated.push(token);
             s.logprobs.push(log_prob(row_logits, token));

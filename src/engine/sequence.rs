@@ -40,6 +40,9 @@ pub struct Sequence {
     /// log p of each generated token under the model (temperature 1, before any
     /// filtering): what a policy-gradient trainer recomputes and compares against.
     pub logprobs: Vec<f32>,
+    /// Tokens to emit instead of sampling, in order (a scripted policy replaying a text
+    /// through the real engine: KV, batching and block accounting stay real).
+    pub forced: std::collections::VecDeque<u32>,
     /// Leading tokens whose K/V are in the cache.
     pub num_computed: usize,
     pub block_table: Vec<u32>,
@@ -67,6 +70,7 @@ impl Sequence {
             tokens: prompt,
             generated: Vec::new(),
             logprobs: Vec::new(),
+            forced: Default::default(),
             num_computed: 0,
             block_table: Vec::new(),
             block_hashes: Vec::new(),

@@ -112,6 +112,33 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Registers `tokens` as special tokens (one id each, never split) when the tokenizer
+    /// lacks them and they fit under `max_vocab` (the model's embedding rows). Returns how
+    /// many were added; 0 with an error message when they would not fit.
+    pub fn add_special_tokens(&mut self, tokens: &[String], max_vocab: usize) -> Result<usize> {
+        let missing: Vec<&String> = tokens
+            .iter()
+            .filter(|t| self.inner.token_to_id(t).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let size = self.vocab_size();
+        if size + missing.len() > max_vocab {
+            return Err(Error::Tokenizer(format!(
+                "{} tags do not fit as special tokens: tokenizer has {size} ids, the model {max_vocab} rows",
+                missing.len()
+            )));
+        }
+        let added: Vec<tokenizers::AddedToken> = missing
+            .iter()
+            .map(|t| tokenizers::AddedToken::from(t.to_string(), true))
+            .collect();
+        self.inner
+            .add_special_tokens(added)
+            .map_err(|e| Error::Tokenizer(format!("add special tokens: {e}")))
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

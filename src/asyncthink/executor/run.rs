@@ -1,0 +1,438 @@
+//! The executor loop: every episode's organizer and workers are sequences of one engine;
+//! each engine step decodes all of them together, and the executor turns the tags they
+//! complete into new workers (FORK), paused organizers (JOIN) and injected takeaways.
+
+use std::collections::HashMap;
+
+use super::config::ExecutorConfig;
+use super::episode::{Agent, Episode, EpisodeOutcome, EventKind, TimelineEvent, Worker};
+use crate::asyncthink::protocol::{Event, ProtocolError, StreamParser};
+use crate::backend::Backend;
+use crate::engine::{Engine, FinishReason, SamplingParams, SeqId};
+use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
+use crate::{Error, Result};
+
+/// A scripted policy: texts the organizer and each worker "generate", replayed as forced
+/// tokens through the real engine (tests, benchmarks).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Script {
+    pub organizer: String,
+    pub workers: HashMap<u32, String>,
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Organizer,
+    Worker(u32),
+}
+
+struct Run<'r, 'm, B: Backend> {
+    engine: &'r mut Engine<'m, B>,
+    tokenizer: &'r Tokenizer,
+    cfg: &'r ExecutorConfig,
+    scripts: Option<&'r [Script]>,
+    episodes: Vec<Episode>,
+    owner: HashMap<SeqId, (usize, Role)>,
+    step: usize,
+    seed: u64,
+}
+
+/// Runs one episode per question to the end (answer, format failure, or budget) and
+/// returns their outcomes in order. With `scripts`, agents replay those texts instead
+/// of sampling.
+pub fn run_episodes<B: Backend>(
+    engine: &mut Engine<'_, B>,
+    tokenizer: &Tokenizer,
+    cfg: &ExecutorConfig,
+    questions: &[String],
+    scripts: Option<&[Script]>,
+    seed: u64,
+) -> Result<Vec<EpisodeOutcome>> {
+    if scripts.is_some_and(|s| s.len() != questions.len()) {
+        return Err(Error::InvalidInput("one script per question".into()));
+    }
+    if cfg.capacity < 1 {
+        return Err(Error::InvalidInput(
+            "capacity must be at least 1 (the organizer)".into(),
+        ));
+    }
+    let mut run = Run {
+        engine,
+        tokenizer,
+        cfg,
+        scripts,
+        episodes: Vec::new(),
+        owner: HashMap::new(),
+        step: 0,
+        seed,
+    };
+    for (i, q) in questions.iter().enumerate() {
+        run.start_episode(i, q)?;
+    }
+    run.drive()?;
+    Ok(run
+        .episodes
+        .iter()
+        .map(|e| e.outcome(cfg.capacity))
+        .collect())
+}
+
+fn chat(tokenizer: &Tokenizer, system: &str, user: &str) -> Result<Vec<u32>> {
+    let msgs = [
+        ChatMessage::new("system", system),
+        ChatMessage::new("user", user),
+    ];
+    tokenizer.encode_chat(
+        &msgs,
+        &ChatTemplateOptions {
+            add_generation_prompt: true,
+            enable_thinking: None,
+        },
+    )
+}
+
+impl<B: Backend> Run<'_, '_, B> {
+    fn params(&self, base: &SamplingParams, salt: u64, script: Option<&[u32]>) -> SamplingParams {
+        let mut p = base.clone();
+        p.seed = self.seed.wrapping_mul(0x9E37_79B9).wrapping_add(salt);
+        if let Some(s) = script {
+            // A script ends where its text ends: no free sampling after it.
+            p.max_new_tokens = s.len();
+            p.ignore_eos = true;
+        }
+        p
+    }
+
+    fn start_episode(&mut self, index: usize, question: &str) -> Result<()> {
+        let prompt = chat(self.tokenizer, &self.cfg.organizer_system, question)?;
+        let script = match self.scripts {
+            Some(s) => Some(self.encode_script(&s[index].organizer)?),
+            None => None,
+        };
+        let params = self.params(&self.cfg.organizer, index as u64 * 1000, script.as_deref());
+        let seq = self.engine.add_request(prompt, params)?;
+        if let Some(s) = &script {
+            self.engine.force_tokens(seq, s)?;
+        }
+        let parser = StreamParser::organizer(&self.cfg.tags, self.cfg.limits.clone())?;
+        self.owner.insert(seq, (index, Role::Organizer));
+        self.episodes.push(Episode::new(
+            question.to_string(),
+            Agent::new(seq, parser, self.step),
+        ));
+        Ok(())
+    }
+
+    /// Tokenizes a scripted organizer text in pieces that end right after each JOIN tag,
+    /// so a tag never shares a token with the text that follows the injected takeaways.
+    fn encode_script(&self, text: &str) -> Result<Vec<u32>> {
+        let (prefix, suffix) = self
+            .cfg
+            .tags
+            .join_open
+            .split_once("{i}")
+            .unwrap_or((self.cfg.tags.join_open.as_str(), ""));
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find(prefix) {
+            let after = &rest[start + prefix.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let end = if digits > 0 && after[digits..].starts_with(suffix) {
+                start + prefix.len() + digits + suffix.len()
+            } else {
+                start + prefix.len()
+            };
+            ids.extend(self.tokenizer.encode(&rest[..end])?);
+            rest = &rest[end..];
+        }
+        ids.extend(self.tokenizer.encode(rest)?);
+        Ok(ids)
+    }
+
+    fn drive(&mut self) -> Result<()> {
+        while self.episodes.iter().any(|e| !e.done) {
+            if self.step >= self.cfg.max_steps || !self.engine.has_unfinished() {
+                let why = if self.step >= self.cfg.max_steps {
+                    "executor steps"
+                } else {
+                    "runnable sequences"
+                };
+                for i in 0..self.episodes.len() {
+                    if !self.episodes[i].done {
+                        self.fail(
+                            i,
+                            ProtocolError::BudgetExceeded {
+                                what: why.into(),
+                                limit: self.cfg.max_steps,
+                            },
+                        )?;
+                    }
+                }
+                break;
+            }
+            let outputs = self.engine.step()?;
+            for e in self.episodes.iter_mut().filter(|e| !e.done) {
+                e.activity.push(0);
+            }
+            for out in outputs {
+                let Some(&(ep, role)) = self.owner.get(&out.seq) else {
+                    continue;
+                };
+                if self.episodes[ep].done {
+                    continue;
+                }
+                if let Some(token) = out.token {
+                    self.on_token(ep, role, out.seq, token)?;
+                }
+                // The token may have ended the episode (its answer, or a format error).
+                if let (Some(reason), false) = (out.finish, self.episodes[ep].done) {
+                    self.on_finish(ep, role, reason)?;
+                }
+            }
+            self.step += 1;
+        }
+        Ok(())
+    }
+
+    fn agent(&mut self, ep: usize, role: Role) -> Option<&mut Agent> {
+        let e = &mut self.episodes[ep];
+        match role {
+            Role::Organizer => Some(&mut e.organizer),
+            Role::Worker(id) => e.workers.get_mut(&id).map(|w| &mut w.agent),
+        }
+    }
+
+    fn on_token(&mut self, ep: usize, role: Role, seq: SeqId, _token: u32) -> Result<()> {
+        let generated = self
+            .engine
+            .sequence(seq)
+            .map(|s| s.generated.clone())
+            .unwrap_or_default();
+        let full = self.tokenizer.decode(&generated, false)?;
+        {
+            let e = &mut self.episodes[ep];
+            if let Some(a) = e.activity.last_mut() {
+                *a += 1;
+            }
+            if matches!(role, Role::Organizer) {
+                e.latency += 1;
+            }
+        }
+        let Some(agent) = self.agent(ep, role) else {
+            return Ok(());
+        };
+        agent.tokens += 1;
+        // A multi-byte character split across tokens waits for its last byte.
+        if full.ends_with('\u{fffd}') || !full.starts_with(agent.text.as_str()) {
+            return Ok(());
+        }
+        let new = full[agent.text.len()..].to_string();
+        agent.text = full;
+        let events = match agent.parser.push(&new) {
+            Ok(ev) => ev,
+            Err(e) => return self.fail(ep, e),
+        };
+        if matches!(role, Role::Organizer) {
+            self.episodes[ep].context.push_str(&new);
+        }
+        for event in events {
+            if self.episodes[ep].done {
+                break;
+            }
+            self.on_event(ep, role, event)?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ep: usize, role: Role, event: Event) -> Result<()> {
+        let step = self.step;
+        match (role, event) {
+            (Role::Organizer, Event::Fork { id, query, .. }) => self.fork(ep, id, query),
+            (Role::Organizer, Event::Join { id, .. }) => {
+                let e = &mut self.episodes[ep];
+                e.waiting_on = Some(id);
+                e.events.push(TimelineEvent {
+                    kind: EventKind::Join,
+                    worker: Some(id),
+                    step,
+                });
+                if e.workers.get(&id).is_some_and(|w| w.takeaway.is_some()) {
+                    self.join(ep, id)
+                } else {
+                    self.engine.set_paused(e.organizer.seq, true)
+                }
+            }
+            (Role::Organizer, Event::Answer { text, .. }) => {
+                let e = &mut self.episodes[ep];
+                e.final_answer = Some(text);
+                e.events.push(TimelineEvent {
+                    kind: EventKind::Answer,
+                    worker: None,
+                    step,
+                });
+                self.end(ep)
+            }
+            (Role::Worker(id), Event::Return { text, .. }) => {
+                let e = &mut self.episodes[ep];
+                let Some(w) = e.workers.get_mut(&id) else {
+                    return Ok(());
+                };
+                w.takeaway = Some(text);
+                w.agent.end_step = Some(step + 1);
+                let seq = w.agent.seq;
+                self.stop(seq);
+                if self.episodes[ep].waiting_on == Some(id) {
+                    self.join(ep, id)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn fork(&mut self, ep: usize, id: u32, query: String) -> Result<()> {
+        let prompt = chat(self.tokenizer, &self.cfg.worker_system, &query)?;
+        let script = match self.scripts {
+            Some(s) => Some(
+                self.tokenizer
+                    .encode(s[ep].workers.get(&id).map_or("", String::as_str))?,
+            ),
+            None => None,
+        };
+        let salt = ep as u64 * 1000 + id as u64;
+        let params = self.params(&self.cfg.worker, salt, script.as_deref());
+        if params.max_new_tokens == 0 {
+            return self.fail(ep, ProtocolError::MissingReturn);
+        }
+        let seq = self.engine.add_request(prompt, params)?;
+        if let Some(s) = &script {
+            self.engine.force_tokens(seq, s)?;
+        }
+        let parser = StreamParser::worker(&self.cfg.tags, self.cfg.limits.clone())?;
+        self.owner.insert(seq, (ep, Role::Worker(id)));
+        let step = self.step;
+        let e = &mut self.episodes[ep];
+        e.events.push(TimelineEvent {
+            kind: EventKind::Fork,
+            worker: Some(id),
+            step,
+        });
+        e.workers.insert(
+            id,
+            Worker {
+                agent: Agent::new(seq, parser, step + 1),
+                query,
+                fork_latency: e.latency,
+                fork_step: step,
+                join_step: None,
+                takeaway: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Appends worker `id`'s takeaways and the closing tag to the organizer and resumes it.
+    fn join(&mut self, ep: usize, id: u32) -> Result<()> {
+        let step = self.step;
+        let e = &mut self.episodes[ep];
+        let Some(w) = e.workers.get_mut(&id) else {
+            return Ok(());
+        };
+        let payload = w.takeaway.clone().unwrap_or_default();
+        w.join_step = Some(step);
+        e.latency = e.latency.max(w.fork_latency + w.agent.tokens);
+        let text = match e.organizer.parser.inject_join(id, &payload) {
+            Ok(t) => t,
+            Err(err) => return self.fail(ep, err),
+        };
+        e.context.push_str(&text);
+        e.waiting_on = None;
+        let org = e.organizer.seq;
+        let ids = self.tokenizer.encode(&text)?;
+        self.engine.append_tokens(org, &ids)?;
+        self.engine.set_paused(org, false)
+    }
+
+    fn on_finish(&mut self, ep: usize, role: Role, reason: FinishReason) -> Result<()> {
+        let step = self.step;
+        let limit = |p: &SamplingParams| p.max_new_tokens;
+        match role {
+            Role::Organizer => {
+                self.episodes[ep].organizer.end_step = Some(step + 1);
+                let err = match reason {
+                    FinishReason::Length if self.scripts.is_none() => {
+                        ProtocolError::BudgetExceeded {
+                            what: "organizer tokens".into(),
+                            limit: limit(&self.cfg.organizer),
+                        }
+                    }
+                    _ => self.episodes[ep]
+                        .organizer
+                        .parser
+                        .finish()
+                        .err()
+                        .unwrap_or(ProtocolError::MissingAnswer),
+                };
+                self.fail(ep, err)
+            }
+            Role::Worker(id) => {
+                let e = &mut self.episodes[ep];
+                let Some(w) = e.workers.get_mut(&id) else {
+                    return Ok(());
+                };
+                if w.takeaway.is_some() {
+                    return Ok(());
+                }
+                w.agent.end_step = Some(step + 1);
+                let err = match reason {
+                    FinishReason::Length if self.scripts.is_none() => {
+                        ProtocolError::BudgetExceeded {
+                            what: format!("worker {id} tokens"),
+                            limit: limit(&self.cfg.worker),
+                        }
+                    }
+                    _ => w
+                        .agent
+                        .parser
+                        .finish()
+                        .err()
+                        .unwrap_or(ProtocolError::MissingReturn),
+                };
+                self.fail(ep, err)
+            }
+        }
+    }
+
+    fn stop(&mut self, seq: SeqId) {
+        // Already finished sequences are fine to "stop" again.
+        let _ = self.engine.abort(seq);
+        self.engine.take_finished(seq);
+    }
+
+    /// Records a format failure and ends the episode.
+    fn fail(&mut self, ep: usize, err: ProtocolError) -> Result<()> {
+        self.episodes[ep].errors.push(err);
+        self.end(ep)
+    }
+
+    /// Ends the episode: every sequence of it stops and frees its blocks.
+    fn end(&mut self, ep: usize) -> Result<()> {
+        let step = self.step;
+        let e = &mut self.episodes[ep];
+        e.done = true;
+        e.wall_seconds = e.started.elapsed().as_secs_f64();
+        let live = e.live_seqs();
+        if e.organizer.end_step.is_none() {
+            e.organizer.end_step = Some(step + 1);
+        }
+        for w in e.workers.values_mut() {
+            if w.agent.end_step.is_none() {
+                w.agent.end_step = Some(step + 1);
+            }
+        }
+        for seq in live {
+            self.stop(seq);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! The executor on the real engine, driven by scripted texts through every protocol path,
+//! and by the untrained tiny model end to end.
+
+mod common;
+
+use std::collections::HashMap;
+
+use asyncthink::asyncthink::executor::{EpisodeOutcome, ExecutorConfig, Script, run_episodes};
+use asyncthink::asyncthink::protocol::ProtocolError;
+use asyncthink::backend::cpu::CpuBackend;
+use asyncthink::engine::{Engine, EngineConfig};
+use asyncthink::model::{ModelSource, Qwen3};
+use asyncthink::tokenizer::Tokenizer;
+
+fn setup() -> (Qwen3<CpuBackend>, Tokenizer) {
+    ModelSource::Embedded.load(CpuBackend).unwrap()
+}
+
+fn script(org: &str, workers: &[(u32, &str)]) -> Script {
+    Script {
+        organizer: org.to_string(),
+        workers: workers
+            .iter()
+            .map(|(i, t)| (*i, t.to_string()))
+            .collect::<HashMap<_, _>>(),
+    }
+}
+
+fn run(
+    model: &Qwen3<CpuBackend>,
+    tok: &Tokenizer,
+    capacity: usize,
+    scripts: &[Script],
+) -> Vec<EpisodeOutcome> {
+    let cfg = EngineConfig {
+        num_blocks: 256,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(model, Some(tok), cfg).unwrap();
+    let questions: Vec<String> = (0..scripts.len())
+        .map(|i| format!("Question {i}: what is 3 + 4?"))
+        .collect();
+    let out = run_episodes(
+        &mut engine,
+        tok,
+        &ExecutorConfig::new(capacity),
+        &questions,
+        Some(scripts),
+        0,
+    )
+    .unwrap();
+    assert!(!engine.has_unfinished(), "every sequence ended");
+    assert_eq!(engine.num_free_blocks(), 256, "every KV block returned");
+    engine.check_invariants().unwrap();
+    out
+}
+
+fn n(tok: &Tokenizer, s: &str) -> usize {
+    tok.encode(s).unwrap().len()
+}
+
+#[test]
+fn out_of_order_joins_with_the_organizer_pausing() {
+    let (model, tok) = setup();
+    let org = "Plan it.\n<FORK-1>add three</FORK-1>\n<FORK-2>add four</FORK-2>\n<JOIN-2> then\n<JOIN-1> so\n<ANSWER>7</ANSWER>";
+    let w1 =
+        "one two three four five six seven eight nine ten eleven twelve <RETURN>three</RETURN>";
+    let w2 = "ok <RETURN>four</RETURN>";
+    let out = &run(&model, &tok, 4, &[script(org, &[(1, w1), (2, w2)])])[0];
+    assert!(
+        out.record.format_errors.is_empty(),
+        "{:?}",
+        out.record.format_errors
+    );
+    assert_eq!(out.record.final_answer.as_deref(), Some("7"));
+    // Token by token, the organizer's context: its own text with each worker's takeaways
+    // and the closing tag inserted right after the JOIN it wrote.
+    assert_eq!(
+        out.record.organizer_text,
+        "Plan it.\n<FORK-1>add three</FORK-1>\n<FORK-2>add four</FORK-2>\n<JOIN-2>four</JOIN-2> then\n<JOIN-1>three</JOIN-1> so\n<ANSWER>7</ANSWER>"
+    );
+    // Critical path by hand. The script is tokenized in pieces ending at each JOIN tag; a
+    // fork completes at the first token whose text closes its tag. JOIN-2 completes at
+    // max(organizer so far, fork-2 + worker 2), then JOIN-1 likewise, then the rest.
+    let seg1 = tok
+        .encode("Plan it.\n<FORK-1>add three</FORK-1>\n<FORK-2>add four</FORK-2>\n<JOIN-2>")
+        .unwrap();
+    let fork_at = |tag: &str| {
+        (1..=seg1.len())
+            .find(|&k| tok.decode(&seg1[..k], false).unwrap().contains(tag))
+            .unwrap()
+    };
+    let (f1, f2) = (fork_at("</FORK-1>"), fork_at("</FORK-2>"));
+    let after_join2 = seg1.len().max(f2 + n(&tok, w2));
+    let after_join1 = (after_join2 + n(&tok, " then\n<JOIN-1>")).max(f1 + n(&tok, w1));
+    let want = after_join1 + n(&tok, " so\n<ANSWER>7</ANSWER>");
+    assert_eq!(out.critical_path_tokens, want);
+    assert!(
+        f2 + n(&tok, w2) > seg1.len(),
+        "the organizer really waited for worker 2"
+    );
+    assert_eq!(out.forks, 2);
+    assert!(
+        out.record.concurrency > 1.0,
+        "workers ran beside the organizer: η = {}",
+        out.record.concurrency
+    );
+}
+
+#[test]
+fn join_of_an_already_finished_worker_continues_at_once() {
+    let (model, tok) = setup();
+    let org = "<FORK-1>q</FORK-1>\nlong thinking about many things while the worker runs its course\n<JOIN-1> done\n<ANSWER>x</ANSWER>";
+    let out = &run(
+        &model,
+        &tok,
+        2,
+        &[script(org, &[(1, "<RETURN>r</RETURN>")])],
+    )[0];
+    assert!(
+        out.record.format_errors.is_empty(),
+        "{:?}",
+        out.record.format_errors
+    );
+    assert!(
+        out.record
+            .organizer_text
+            .contains("<JOIN-1>r</JOIN-1> done")
+    );
+    // No wait: the critical path is the organizer's own length.
+    assert_eq!(out.critical_path_tokens, out.organizer.tokens);
+}
+
+fn first_error(out: &EpisodeOutcome) -> &ProtocolError {
+    out.record
+        .format_errors
+        .first()
+        .unwrap_or_else(|| panic!("expected a format error, got {:?}", out.record))
+}
+
+#[test]
+fn malformed_episodes_are_recorded_and_free_their_blocks() {
+    let (model, tok) = setup();
+    let cases = [
+        // A fork over the pool (capacity 2: one worker at a time).
+        (
+            script(
+                "<FORK-1>a</FORK-1>\n<FORK-2>b</FORK-2>\n<JOIN-1>\n",
+                &[(1, "<RETURN>x</RETURN>"), (2, "<RETURN>y</RETURN>")],
+            ),
+            "capacity",
+        ),
+        (script("<JOIN-3>\n<ANSWER>x</ANSWER>", &[]), "never forked"),
+        (
+            script(
+                "<FORK-1>a</FORK-1>\n<FORK-1>b</FORK-1>\n",
+                &[(1, "<RETURN>x</RETURN>")],
+            ),
+            "forked twice",
+        ),
+        (
+            script("I will just stop here.", &[]),
+            "without a final answer",
+        ),
+        (
+            script(
+                "<FORK-1>a</FORK-1>\n<JOIN-1>\n<ANSWER>x</ANSWER>",
+                &[(1, "no return at all")],
+            ),
+            "without a return",
+        ),
+        (
+            script(
+                "<FORK-1>a</FORK-1>\n<ANSWER>x</ANSWER>",
+                &[(1, "<RETURN>x</RETURN>")],
+            ),
+            "never joined",
+        ),
+    ];
+    let scripts: Vec<Script> = cases.iter().map(|(s, _)| s.clone()).collect();
+    // All malformed episodes share one engine run, and one valid one runs beside them.
+    let mut all = scripts.clone();
+    all.push(script("<ANSWER>fine</ANSWER>", &[]));
+    let outs = run(&model, &tok, 2, &all);
+    for ((_, want), out) in cases.iter().zip(&outs) {
+        let msg = first_error(out).to_string();
+        assert!(msg.contains(want), "expected {want:?}, got {msg:?}");
+        assert!(out.record.has_format_error());
+    }
+    assert!(outs.last().unwrap().record.format_errors.is_empty());
+    assert_eq!(
+        outs.last().unwrap().record.final_answer.as_deref(),
+        Some("fine")
+    );
+}
+
+#[test]
+fn many_episodes_share_the_worker_instruction_prefix() {
+    let (model, tok) = setup();
+    let s = script(
+        "<FORK-1>q one</FORK-1>\n<FORK-2>q two</FORK-2>\n<JOIN-1>\n<JOIN-2>\n<ANSWER>a</ANSWER>",
+        &[(1, "<RETURN>r1</RETURN>"), (2, "<RETURN>r2</RETURN>")],
+    );
+    let cfg = EngineConfig {
+        num_blocks: 512,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(&model, Some(&tok), cfg).unwrap();
+    let questions: Vec<String> = (0..6).map(|i| format!("Question {i}")).collect();
+    let scripts = vec![s; 6];
+    let outs = run_episodes(
+        &mut engine,
+        &tok,
+        &ExecutorConfig::new(3),
+        &questions,
+        Some(&scripts),
+        0,
+    )
+    .unwrap();
+    assert!(
+        outs.iter()
+            .all(|o| o.record.format_errors.is_empty() && o.record.final_answer.is_some())
+    );
+    // 12 workers whose prompts start with the same worker instruction: after the first
+    // ones, its full blocks come from the prefix cache instead of being computed again.
+    let instruction = tok
+        .encode_chat(
+            &[asyncthink::tokenizer::ChatMessage::new(
+                "system",
+                &ExecutorConfig::new(3).worker_system,
+            )],
+            &Default::default(),
+        )
+        .unwrap();
+    let shared_blocks = (instruction.len() - 4) / 16;
+    assert!(shared_blocks >= 1);
+    assert!(
+        engine.stats.prefix_hit_tokens as usize >= 6 * shared_blocks * 16,
+        "hits {}",
+        engine.stats.prefix_hit_tokens
+    );
+    assert_eq!(engine.num_free_blocks(), 512);
+}
+
+#[test]
+fn the_untrained_model_is_recorded_never_hangs() {
+    let (model, tok) = setup();
+    let mut engine = Engine::new(&model, Some(&tok), EngineConfig::default()).unwrap();
+    let mut cfg = ExecutorConfig::new(3);
+    cfg.organizer.max_new_tokens = 48;
+    cfg.worker.max_new_tokens = 24;
+    let questions: Vec<String> = (0..4).map(|i| format!("What is {i} + 2?")).collect();
+    let outs = run_episodes(&mut engine, &tok, &cfg, &questions, None, 7).unwrap();
+    assert_eq!(outs.len(), 4);
+    for o in &outs {
+        // Random weights almost never write a valid protocol: whatever happened is recorded.
+        assert!(o.record.final_answer.is_some() || !o.record.format_errors.is_empty());
+        assert!(o.total_tokens <= 48 + 2 * 24);
+    }
+    assert!(!engine.has_unfinished());
+}

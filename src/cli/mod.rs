@@ -4,9 +4,11 @@ mod batch;
 mod bench;
 mod bench_batch;
 pub mod data;
+pub mod eval;
 mod generate;
 mod logits;
 mod sft;
+pub mod think;
 
 use std::path::PathBuf;
 
@@ -38,6 +40,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
     BenchBatch(bench_batch::BenchBatchArgs),
+    /// One question through the AsyncThink executor (organizer + workers).
+    Think(think::ThinkArgs),
+    /// A task file through AsyncThink or a baseline: accuracy, latency, concurrency.
+    Eval(eval::EvalArgs),
     /// Supervised fine-tuning on chat JSONL, with checkpoints and resume.
     Sft(sft::SftArgs),
     /// Tasks, verifiers and cold-start fork/join traces.
@@ -99,5 +105,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchBatch(a) => bench_batch::run(a),
         Command::Data { cmd } => data::run(cmd),
         Command::Sft(a) => sft::run(a),
+        Command::Think(a) => think::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }

@@ -2,8 +2,11 @@
 
 pub mod config;
 pub mod episode;
+pub mod modes;
 pub mod run;
+pub mod svg;
 
 pub use config::ExecutorConfig;
 pub use episode::{AgentSpan, EpisodeOutcome, EventKind, TimelineEvent};
+pub use modes::{QuestionOutcome, ThinkingMode, run_mode};
 pub use run::{Script, run_episodes};

@@ -1,0 +1,120 @@
+//! `asyncthink think`: one question through the AsyncThink executor, with its trace as
+//! JSON and its timeline as SVG.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::ModelArgs;
+use crate::Result;
+use crate::asyncthink::executor::svg::timeline_svg;
+use crate::asyncthink::executor::{ExecutorConfig, run_episodes};
+use crate::backend::cpu::CpuBackend;
+use crate::engine::{Engine, EngineConfig};
+use crate::util::write_atomic;
+
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorArgs {
+    /// Agents in the pool, organizer included.
+    #[arg(long, default_value_t = 4)]
+    pub capacity: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 512)]
+    pub organizer_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    pub worker_tokens: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub max_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// KV cache memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub kv_cache_mb: usize,
+}
+
+impl ExecutorArgs {
+    pub fn config(&self) -> ExecutorConfig {
+        let mut c = ExecutorConfig::new(self.capacity);
+        c.organizer.temperature = self.temperature;
+        c.worker.temperature = self.temperature;
+        c.organizer.max_new_tokens = self.organizer_tokens;
+        c.worker.max_new_tokens = self.worker_tokens;
+        c.max_steps = self.max_steps;
+        c
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ThinkArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// The episode (texts, graph, timeline, metrics) as JSON.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// The timeline as SVG.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+pub fn run(args: ThinkArgs) -> Result<()> {
+    args.model.init_threads()?;
+    let (model, mut tokenizer) = args.model.source().load(CpuBackend)?;
+    let cfg = args.executor.config();
+    register_tags(&mut tokenizer, &cfg, model.config.vocab_size);
+    let engine_cfg =
+        EngineConfig::default().with_kv_budget(&model, args.executor.kv_cache_mb << 20);
+    let mut engine = Engine::new(&model, Some(&tokenizer), engine_cfg)?;
+    let out = run_episodes(
+        &mut engine,
+        &tokenizer,
+        &cfg,
+        std::slice::from_ref(&args.prompt),
+        None,
+        args.executor.seed,
+    )?;
+    let Some(ep) = out.first() else { return Ok(()) };
+    println!("{}", ep.record.organizer_text);
+    println!("---");
+    println!(
+        "answer: {}",
+        ep.record.final_answer.as_deref().unwrap_or("(none)")
+    );
+    for e in &ep.record.format_errors {
+        println!("format error: {e}");
+    }
+    println!(
+        "critical path {} tokens, {} tokens in all, {} forks, η {:.2} (η/c {:.2}), {} steps, {:.2} s",
+        ep.critical_path_tokens,
+        ep.total_tokens,
+        ep.forks,
+        ep.record.concurrency,
+        ep.concurrency_ratio,
+        ep.record.wall_clock_steps,
+        ep.wall_seconds
+    );
+    if let Some(p) = &args.trace {
+        write_atomic(p, serde_json::to_string_pretty(ep)?.as_bytes())?;
+    }
+    if let Some(p) = &args.svg {
+        write_atomic(p, timeline_svg(ep).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Makes each tag one token when the tokenizer and the model have room for them.
+pub fn register_tags(
+    tokenizer: &mut crate::tokenizer::Tokenizer,
+    cfg: &ExecutorConfig,
+    vocab: usize,
+) {
+    match tokenizer.add_special_tokens(&cfg.tag_strings(), vocab) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("registered {n} protocol tags as special tokens"),
+        Err(e) => eprintln!("note: tags stay plain text: {e}"),
+    }
+}

@@ -4,8 +4,10 @@ mod batch;
 mod bench;
 mod bench_batch;
 pub mod data;
+mod demo;
 pub mod eval;
 mod generate;
+pub mod grpo;
 mod logits;
 mod sft;
 pub mod think;
@@ -40,10 +42,14 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
     BenchBatch(bench_batch::BenchBatchArgs),
+    /// The whole pipeline at a tiny scale: traces, SFT, GRPO, AsyncThink vs baselines.
+    Demo(demo::DemoArgs),
     /// One question through the AsyncThink executor (organizer + workers).
     Think(think::ThinkArgs),
     /// A task file through AsyncThink or a baseline: accuracy, latency, concurrency.
     Eval(eval::EvalArgs),
+    /// GRPO on a task file: rewards for accuracy, format and concurrency.
+    Grpo(grpo::GrpoArgs),
     /// Supervised fine-tuning on chat JSONL, with checkpoints and resume.
     Sft(sft::SftArgs),
     /// Tasks, verifiers and cold-start fork/join traces.
@@ -106,6 +112,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data { cmd } => data::run(cmd),
         Command::Sft(a) => sft::run(a),
         Command::Think(a) => think::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Grpo(a) => grpo::run(a),
         Command::Eval(a) => eval::run(a),
     }
 }

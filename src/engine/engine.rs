@@ -217,6 +217,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         child.tokens = p.tokens.clone();
         child.generated = p.generated.clone();
         child.logprobs = p.logprobs.clone();
+        child.generated_positions = p.generated_positions.clone();
         child.num_computed = p.num_computed;
         child.block_table = p.block_table.clone();
         child.block_hashes = p.block_hashes.clone();
@@ -378,6 +379,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                 Some(t) => t,
                 None => s.sampler.sample(row_logits, &s.tokens)?,
             };
+            s.generated_positions.push(s.tokens.len());
             s.tokens.push(token);
             s.generated.push(token);
             s.logprobs.push(log_prob(row_logits, token));

@@ -40,6 +40,8 @@ pub struct Sequence {
     /// log p of each generated token under the model (temperature 1, before any
     /// filtering): what a policy-gradient trainer recomputes and compares against.
     pub logprobs: Vec<f32>,
+    /// Where each generated token sits in `tokens` (injected tokens fall between them).
+    pub generated_positions: Vec<usize>,
     /// Tokens to emit instead of sampling, in order (a scripted policy replaying a text
     /// through the real engine: KV, batching and block accounting stay real).
     pub forced: std::collections::VecDeque<u32>,
@@ -70,6 +72,7 @@ impl Sequence {
             tokens: prompt,
             generated: Vec::new(),
             logprobs: Vec::new(),
+            generated_positions: Vec::new(),
             forced: Default::default(),
             num_computed: 0,
             block_table: Vec::new(),

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod grad;
 pub mod grpo;
+pub mod grpo_loop;
 pub mod grpo_step;
 pub mod optim;
 pub mod plot;

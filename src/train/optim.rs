@@ -162,6 +162,42 @@ impl<B: TrainBackend> AdamW<B> {
     }
 }
 
+impl<B: TrainBackend> AdamW<B> {
+    /// Both moments of every parameter as safetensors bytes (`<name>.exp_avg`, `<name>.exp_avg_sq`).
+    pub fn moments_bytes(&self, model: &Qwen3<B>) -> Result<Vec<u8>> {
+        let b = &model.backend;
+        let mut moments = Vec::new();
+        for ((name, w), s) in model.parameters().into_iter().zip(&self.states) {
+            let (m, v) = b.opt_state_to_host(s)?;
+            moments.push((format!("{name}.exp_avg"), b.weight_shape(w), m));
+            moments.push((format!("{name}.exp_avg_sq"), b.weight_shape(w), v));
+        }
+        crate::model::save::safetensors_bytes(&moments)
+    }
+
+    /// Restores the moments written by `moments_bytes` and the step count.
+    pub fn load_moments(
+        &mut self,
+        model: &Qwen3<B>,
+        path: &std::path::Path,
+        step: u64,
+    ) -> Result<()> {
+        let file = crate::model::checkpoint::Checkpoint::open_file(path)?;
+        for ((name, w), s) in model.parameters().into_iter().zip(self.states.iter_mut()) {
+            let shape = model.backend.weight_shape(w);
+            let m = file
+                .get_shaped(&format!("{name}.exp_avg"), &shape)?
+                .to_f32();
+            let v = file
+                .get_shaped(&format!("{name}.exp_avg_sq"), &shape)?
+                .to_f32();
+            *s = model.backend.opt_state_from_host(w, &m, &v)?;
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,7 @@ use super::optim::{AdamW, OptimConfig};
 use super::sft_data::{DataPosition, SftExample, SftLoader};
 use crate::backend::TrainBackend;
 use crate::model::Qwen3;
-use crate::model::checkpoint::Checkpoint;
-use crate::model::save::{ExtraFiles, safetensors_bytes, save_checkpoint};
+use crate::model::save::{ExtraFiles, save_checkpoint};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,24 +176,7 @@ impl<B: TrainBackend> SftTrainer<B> {
                 ..state.config.optim.clone()
             },
         )?;
-        optimizer.step = state.step;
-        let moments = Checkpoint::open_file(&dir.join("optimizer.safetensors"))?;
-        for ((name, w), s) in model
-            .parameters()
-            .into_iter()
-            .zip(optimizer.states.iter_mut())
-        {
-            let m = moments
-                .get_shaped(&format!("{name}.exp_avg"), &model.backend.weight_shape(w))?
-                .to_f32();
-            let v = moments
-                .get_shaped(
-                    &format!("{name}.exp_avg_sq"),
-                    &model.backend.weight_shape(w),
-                )?
-                .to_f32();
-            *s = model.backend.opt_state_from_host(w, &m, &v)?;
-        }
+        optimizer.load_moments(&model, &dir.join("optimizer.safetensors"), state.step)?;
         Self::assemble(model, Some(optimizer), train, eval, state, extra_files)
     }
 
@@ -266,20 +248,11 @@ impl<B: TrainBackend> SftTrainer<B> {
 
     /// Weights (HF layout), config, tokenizer files, optimizer moments and trainer state.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let b = &self.model.backend;
-        let mut moments = Vec::new();
-        for ((name, w), s) in self
-            .model
-            .parameters()
-            .into_iter()
-            .zip(&self.optimizer.states)
-        {
-            let (m, v) = b.opt_state_to_host(s)?;
-            moments.push((format!("{name}.exp_avg"), b.weight_shape(w), m));
-            moments.push((format!("{name}.exp_avg_sq"), b.weight_shape(w), v));
-        }
         let mut files = self.extra_files.clone();
-        files.push(("optimizer.safetensors".into(), safetensors_bytes(&moments)?));
+        files.push((
+            "optimizer.safetensors".into(),
+            self.optimizer.moments_bytes(&self.model)?,
+        ));
         files.push((
             "trainer_state.json".into(),
             serde_json::to_vec_pretty(&self.state)?,

@@ -8,6 +8,17 @@ use crate::asyncthink::episode::{EpisodeRecord, WorkerRecord, concurrency};
 use crate::asyncthink::protocol::{ProtocolError, StreamParser};
 use crate::engine::SeqId;
 
+/// What a policy-gradient trainer needs of one finished sequence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentRollout {
+    /// Prompt, generated and injected tokens in context order.
+    pub ids: Vec<u32>,
+    /// Indices into `ids` of the tokens the model sampled.
+    pub generated: Vec<usize>,
+    /// The sampler's log-prob of each of them.
+    pub logprobs: Vec<f32>,
+}
+
 /// A sequence of the engine playing one role, and the text the parser has seen from it.
 pub struct Agent {
     pub seq: SeqId,
@@ -17,6 +28,8 @@ pub struct Agent {
     pub tokens: usize,
     pub start_step: usize,
     pub end_step: Option<usize>,
+    /// Filled when the sequence leaves the engine.
+    pub rollout: Option<AgentRollout>,
 }
 
 impl Agent {
@@ -28,6 +41,7 @@ impl Agent {
             tokens: 0,
             start_step,
             end_step: None,
+            rollout: None,
         }
     }
 }
@@ -93,6 +107,9 @@ pub struct EpisodeOutcome {
     pub organizer: AgentSpan,
     pub workers: Vec<AgentSpan>,
     pub events: Vec<TimelineEvent>,
+    /// Organizer first, then workers by id: the unit GRPO trains with one advantage.
+    #[serde(skip)]
+    pub rollouts: Vec<AgentRollout>,
 }
 
 /// An agent's lane in the timeline: the steps it ran and the tokens it wrote.
@@ -190,6 +207,10 @@ impl Episode {
                     step: e.step - start,
                     ..e.clone()
                 })
+                .collect(),
+            rollouts: std::iter::once(&self.organizer)
+                .chain(self.workers.values().map(|w| &w.agent))
+                .filter_map(|a| a.rollout.clone())
                 .collect(),
             record,
         }

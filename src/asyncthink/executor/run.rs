@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use super::config::ExecutorConfig;
-use super::episode::{Agent, Episode, EpisodeOutcome, EventKind, TimelineEvent, Worker};
+use super::episode::{
+    Agent, AgentRollout, Episode, EpisodeOutcome, EventKind, TimelineEvent, Worker,
+};
 use crate::asyncthink::protocol::{Event, ProtocolError, StreamParser};
 use crate::backend::Backend;
 use crate::engine::{Engine, FinishReason, SamplingParams, SeqId};
@@ -403,10 +405,23 @@ impl<B: Backend> Run<'_, '_, B> {
         }
     }
 
+    /// Ends a sequence (if still running) and keeps what the trainer needs of it.
     fn stop(&mut self, seq: SeqId) {
         // Already finished sequences are fine to "stop" again.
         let _ = self.engine.abort(seq);
-        self.engine.take_finished(seq);
+        let Some(s) = self.engine.take_finished(seq) else {
+            return;
+        };
+        let Some(&(ep, role)) = self.owner.get(&seq) else {
+            return;
+        };
+        if let Some(agent) = self.agent(ep, role) {
+            agent.rollout = Some(AgentRollout {
+                ids: s.tokens,
+                generated: s.generated_positions,
+                logprobs: s.logprobs,
+            });
+        }
     }
 
     /// Records a format failure and ends the episode.
@@ -421,7 +436,11 @@ impl<B: Backend> Run<'_, '_, B> {
         let e = &mut self.episodes[ep];
         e.done = true;
         e.wall_seconds = e.started.elapsed().as_secs_f64();
-        let live = e.live_seqs();
+        // Every sequence of the episode, running or already ended by the engine.
+        let live: Vec<SeqId> = std::iter::once(e.organizer.seq)
+            .chain(e.workers.values().map(|w| w.agent.seq))
+            .filter(|s| e.live_seqs().contains(s) || self.engine.sequence(*s).is_some())
+            .collect();
         if e.organizer.end_step.is_none() {
             e.organizer.end_step = Some(step + 1);
         }

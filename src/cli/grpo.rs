@@ -1,0 +1,203 @@
+//! `asyncthink grpo`: reinforcement learning of the organizer/worker policy on a task
+//! file, with rewards for accuracy, format and thinking concurrency.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::ModelArgs;
+use super::data::TaskName;
+use super::think::{ExecutorArgs, register_tags};
+use crate::backend::cpu::CpuBackend;
+use crate::engine::EngineConfig;
+use crate::tasks::Task;
+use crate::tasks::arithmetic::Arithmetic;
+use crate::tasks::countdown::Countdown;
+use crate::tasks::multi_countdown::MultiCountdown;
+use crate::tasks::sudoku::Sudoku;
+use crate::train::grpo::{Aggregation, GrpoConfig, RewardScale};
+use crate::train::grpo_loop::{GrpoRunConfig, GrpoStepLog, GrpoTrainer};
+use crate::train::optim::OptimConfig;
+use crate::train::reward::RewardConfig;
+use crate::util::write_atomic;
+use crate::{Error, Result};
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Items written by `asyncthink data gen`.
+    #[arg(long)]
+    pub tasks: PathBuf,
+    #[arg(long, value_enum, default_value = "arithmetic")]
+    pub task: TaskName,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 4)]
+    pub group_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub prompts_per_step: usize,
+    #[arg(long, default_value_t = 1)]
+    pub updates_per_batch: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0.2)]
+    pub clip_low: f32,
+    #[arg(long, default_value_t = 0.28)]
+    pub clip_high: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub kl_coef: f32,
+    #[arg(long, value_enum, default_value = "token-mean")]
+    pub aggregation: Aggregation,
+    #[arg(long, value_enum, default_value = "group")]
+    pub reward_scale: RewardScale,
+    /// λ: weight of the thinking-concurrency reward.
+    #[arg(long, default_value_t = 0.25)]
+    pub lambda: f64,
+    /// τ: concurrency ratio η/c at which R_η saturates.
+    #[arg(long, default_value_t = 0.5)]
+    pub tau: f64,
+    /// R_FE: reward of an episode with a format error.
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    pub format_error_reward: f64,
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: u64,
+    /// Continue from a directory written by this command.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+impl GrpoArgs {
+    fn run_config(&self) -> GrpoRunConfig {
+        GrpoRunConfig {
+            steps: self.steps,
+            group_size: self.group_size,
+            prompts_per_step: self.prompts_per_step,
+            updates_per_batch: self.updates_per_batch,
+            seed: self.executor.seed,
+            checkpoint_every: self.checkpoint_every,
+            grpo: GrpoConfig {
+                clip_low: self.clip_low,
+                clip_high: self.clip_high,
+                kl_coef: self.kl_coef,
+                aggregation: self.aggregation,
+                constant_normalizer: self.executor.organizer_tokens as f32,
+                reward_scale: self.reward_scale,
+            },
+            reward: RewardConfig {
+                format_error: self.format_error_reward,
+                lambda: self.lambda,
+                tau: self.tau,
+            },
+            optim: OptimConfig {
+                lr: self.lr,
+                warmup_steps: 0,
+                total_steps: self.steps,
+                weight_decay: 0.0,
+                ..OptimConfig::default()
+            },
+        }
+    }
+}
+
+fn train<T: Task>(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
+    let text = std::fs::read_to_string(&args.tasks).map_err(|e| Error::io(&args.tasks, e))?;
+    let items: Vec<T::Item> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| {
+                Error::InvalidInput(format!("{}:{}: {e}", args.tasks.display(), i + 1))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let source = args.model.source();
+    let (model, mut tokenizer) = match &args.resume {
+        Some(dir) => crate::model::ModelSource::Dir(dir.clone()).load_for_training(CpuBackend)?,
+        None => source.load_for_training(CpuBackend)?,
+    };
+    let exec = args.executor.config();
+    register_tags(&mut tokenizer, &exec, model.config.vocab_size);
+    let reference = if args.kl_coef > 0.0 {
+        Some(source.load_for_training(CpuBackend)?.0)
+    } else {
+        None
+    };
+    let engine = EngineConfig::default().with_kv_budget(&model, args.executor.kv_cache_mb << 20);
+    let questions = items.iter().map(T::prompt).collect();
+    let extra = source.tokenizer_files()?;
+    let mut trainer = GrpoTrainer::new(
+        model,
+        reference,
+        &tokenizer,
+        questions,
+        |i, a| T::verify(&items[i], a),
+        exec,
+        engine,
+        args.run_config(),
+        extra,
+    )?;
+    if let Some(dir) = &args.resume {
+        trainer.restore(dir)?;
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let metrics_path = args.out.join("grpo_metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut logs = Vec::new();
+    while !trainer.is_done() {
+        let log = trainer.train_step()?;
+        writeln!(metrics, "{}", serde_json::to_string(&log)?)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        eprintln!(
+            "grpo step {:3}: reward {:+.3} ± {:.3}, accuracy {:.2}, format-valid {:.2}, critical path {:.0}, η {:.2}, gen {:.1}s train {:.1}s",
+            log.step,
+            log.reward_mean,
+            log.reward_std,
+            log.accuracy,
+            log.format_valid_rate,
+            log.mean_critical_path_tokens,
+            log.mean_concurrency,
+            log.generation_seconds,
+            log.training_seconds
+        );
+        let every = trainer.state.config.checkpoint_every;
+        if every > 0 && log.step.is_multiple_of(every) {
+            trainer.save(&args.out.join(format!("checkpoint-{}", log.step)))?;
+        }
+        logs.push(log);
+    }
+    trainer.save(&args.out.join("final"))?;
+    let curve: Vec<(u64, f64)> = logs.iter().map(|l| (l.step, l.reward_mean)).collect();
+    write_atomic(
+        &args.out.join("reward.svg"),
+        crate::train::plot::loss_curve_svg(&curve, &[])
+            .replace("loss", "reward")
+            .as_bytes(),
+    )?;
+    Ok(logs)
+}
+
+pub fn run_with(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
+    match args.task {
+        TaskName::Countdown => train::<Countdown>(args),
+        TaskName::MultiCountdown => train::<MultiCountdown>(args),
+        TaskName::Arithmetic => train::<Arithmetic>(args),
+        TaskName::Sudoku => train::<Sudoku>(args),
+        TaskName::Math => Err(Error::InvalidInput("math items need a dataset".into())),
+    }
+}
+
+pub fn run(args: GrpoArgs) -> Result<()> {
+    args.model.init_threads()?;
+    run_with(&args).map(|_| ())
+}

@@ -1,8 +1,6 @@
 //! Training end to end on the CPU: the tiny model overfits, a saved checkpoint reloads
 //! with identical logits, and a resumed run continues the same loss curve.
 
-
-
 use asyncthink::backend::Backend;
 use asyncthink::backend::cpu::CpuBackend;
 use asyncthink::engine::{Engine, EngineConfig};

@@ -4,6 +4,8 @@
 //! Tensors are 2-D `[rows, cols]` activations, one row per token of the flattened batch.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::Result;
 use crate::kv::KvLayout;

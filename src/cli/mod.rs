@@ -5,6 +5,8 @@ mod bench;
 mod bench_batch;
 pub mod data;
 mod generate;
+#[cfg(feature = "cuda")]
+mod kernels;
 mod logits;
 mod sft;
 
@@ -44,6 +46,12 @@ pub enum Command {
     Data {
         #[command(subcommand)]
         cmd: data::DataCommand,
+    },
+    /// CUDA kernels: compile them through NVRTC for an architecture (no GPU needed).
+    #[cfg(feature = "cuda")]
+    Kernels {
+        #[command(subcommand)]
+        cmd: kernels::KernelsCommand,
     },
 }
 
@@ -99,5 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::BenchBatch(a) => bench_batch::run(a),
         Command::Data { cmd } => data::run(cmd),
         Command::Sft(a) => sft::run(a),
+        #[cfg(feature = "cuda")]
+        Command::Kernels { cmd } => kernels::run(cmd),
     }
 }

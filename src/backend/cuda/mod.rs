@@ -1,0 +1,8 @@
+//! The CUDA backend: bf16 activations and KV cache on the device, cuBLAS for the dense
+//! projections, our kernels (kernels/*.cu, compiled at run time by NVRTC) for the rest.
+//! Every CUDA library is loaded at run time, so this builds and links with no CUDA
+//! installed; `CudaBackend::new` reports a missing driver or device as an error.
+
+pub mod compile;
+pub mod probe;
+pub mod ptxas;

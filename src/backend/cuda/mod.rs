@@ -6,3 +6,12 @@
 pub mod compile;
 pub mod probe;
 pub mod ptxas;
+
+mod attention;
+mod device;
+mod ops;
+mod sampling;
+
+pub use device::CudaBackend;
+pub use ops::{CudaKvCache, CudaTensor, CudaWeight};
+pub use sampling::RowSampling;

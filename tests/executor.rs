@@ -100,6 +100,25 @@ fn out_of_order_joins_with_the_organizer_pausing() {
         "the organizer really waited for worker 2"
     );
     assert_eq!(out.forks, 2);
+    // What GRPO trains on: the organizer's whole context, with only sampled positions marked.
+    let org = &out.rollouts[0];
+    assert_eq!(org.generated.len(), out.organizer.tokens);
+    assert_eq!(org.logprobs.len(), org.generated.len());
+    let sampled: String = org
+        .generated
+        .iter()
+        .map(|&p| tok.decode(&[org.ids[p]], false).unwrap())
+        .collect();
+    assert!(
+        !sampled.contains("four</JOIN-2>"),
+        "injected takeaways are not marked as sampled"
+    );
+    assert!(
+        tok.decode(&org.ids, false)
+            .unwrap()
+            .ends_with(&out.record.organizer_text)
+    );
+    assert_eq!(out.rollouts.len(), 3, "organizer and both workers");
     assert!(
         out.record.concurrency > 1.0,
         "workers ran beside the organizer: η = {}",

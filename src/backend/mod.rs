@@ -4,6 +4,8 @@
 //! Tensors are 2-D `[rows, cols]` activations, one row per token of the flattened batch.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::Result;
 use crate::kv::KvLayout;
@@ -67,6 +69,26 @@ pub trait Backend: Send + Sync {
         v: &Self::Tensor,
         slot_mapping: &[u32],
     ) -> Result<()>;
+    /// `qk_norm_rope`, then `write_kv` of the transformed k and v at the batch's slots.
+    /// Backends may fuse the two (CUDA writes k straight into the cache).
+    #[allow(clippy::too_many_arguments)]
+    fn qk_norm_rope_write_kv(
+        &self,
+        q: &mut Self::Tensor,
+        k: &mut Self::Tensor,
+        v: &Self::Tensor,
+        q_norm: &Self::Weight,
+        k_norm: &Self::Weight,
+        shape: AttentionShape,
+        eps: f32,
+        rope: &Rope,
+        batch: &ForwardBatch,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    ) -> Result<()> {
+        self.qk_norm_rope(q, k, q_norm, k_norm, shape, eps, rope, &batch.positions)?;
+        self.write_kv(cache, layer, k, v, &batch.slot_mapping)
+    }
     /// Copies block `src` to block `dst` in every layer's K and V pools
     /// (copy-on-write of a partly filled block shared after a fork).
     fn copy_block(&self, cache: &mut Self::KvCache, src: u32, dst: u32) -> Result<()>;

@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{ModelArgs, parse_ids};
+use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions};
@@ -38,6 +39,15 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, token ids, timing) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Where the model runs: cpu, or cuda (GPU 0; needs the CUDA driver and NVRTC).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,10 +93,22 @@ impl SamplingArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.model.init_threads()?;
+    args.sampling.params().validate()?;
+    match args.device {
+        Device::Cpu => run_on(args, CpuBackend),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => run_on(args, crate::backend::cuda::CudaBackend::new(0)?),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(Error::InvalidInput(
+            "--device cuda: this binary was built without the `cuda` feature".into(),
+        )),
+    }
+}
+
+fn run_on<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {
     let params = args.sampling.params();
-    params.validate()?;
     let source = args.model.source();
-    let (model, tokenizer) = source.load(CpuBackend)?;
+    let (model, tokenizer) = source.load(backend)?;
 
     let prompt_ids = match (&args.ids, &args.prompt) {
         (Some(ids), _) => parse_ids(ids)?,

@@ -8,6 +8,8 @@ mod demo;
 pub mod eval;
 mod generate;
 pub mod grpo;
+#[cfg(feature = "cuda")]
+mod kernels;
 mod logits;
 mod sft;
 pub mod think;
@@ -56,6 +58,12 @@ pub enum Command {
     Data {
         #[command(subcommand)]
         cmd: data::DataCommand,
+    },
+    /// CUDA kernels: compile them through NVRTC for an architecture (no GPU needed).
+    #[cfg(feature = "cuda")]
+    Kernels {
+        #[command(subcommand)]
+        cmd: kernels::KernelsCommand,
     },
 }
 
@@ -115,5 +123,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Grpo(a) => grpo::run(a),
         Command::Eval(a) => eval::run(a),
+        #[cfg(feature = "cuda")]
+        Command::Kernels { cmd } => kernels::run(cmd),
     }
 }

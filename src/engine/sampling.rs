@@ -141,6 +141,22 @@ fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
     }
 }
 
+/// The draw of step `step` of a seeded run as the GPU sampler makes it
+/// (kernels/sampling.cu): the splitmix64 finaliser of (seed, step), top 24 bits / 2^24.
+pub fn counter_uniform(seed: u64, step: u64) -> f32 {
+    let mut z = seed.wrapping_add(step.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// Temperature, top-k, top-p and min-p, then the token `draw` (uniform in [0, 1)) selects:
+/// the reference the GPU sampler is tested against.
+pub fn sample_with_draw(logits: &[f32], p: &SamplingParams, draw: f32) -> u32 {
+    sample_from(logits, p, draw)
+}
+
 /// Filters then draws with `draw` uniform in [0, 1).
 fn sample_from(logits: &[f32], p: &SamplingParams, draw: f32) -> u32 {
     let inv_t = 1.0 / p.temperature;
@@ -198,6 +214,15 @@ mod tests {
             temperature,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn counter_uniform_is_in_range_and_varies() {
+        let draws: Vec<f32> = (0..1000).map(|s| counter_uniform(7, s)).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        let mean = draws.iter().sum::<f32>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.05, "mean {mean}");
+        assert_ne!(counter_uniform(7, 0), counter_uniform(8, 0));
     }
 
     #[test]

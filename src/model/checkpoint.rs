@@ -253,6 +253,19 @@ impl Shard {
     }
 }
 
+impl<'a> HostTensor<'a> {
+    /// A tensor over little-endian f32 bytes held by the caller (tests, host-built weights).
+    pub fn from_f32_bytes(bytes: &'a [u8], shape: Vec<usize>) -> Self {
+        HostTensor {
+            name: "",
+            file: Path::new(""),
+            dtype: DType::F32,
+            shape,
+            bytes,
+        }
+    }
+}
+
 impl HostTensor<'_> {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()

@@ -217,17 +217,19 @@ impl<B: Backend> Qwen3<B> {
             let mut q = b.linear(&x, &layer.q_proj)?;
             let mut k = b.linear(&x, &layer.k_proj)?;
             let v = b.linear(&x, &layer.v_proj)?;
-            b.qk_norm_rope(
+            b.qk_norm_rope_write_kv(
                 &mut q,
                 &mut k,
+                &v,
                 &layer.q_norm,
                 &layer.k_norm,
                 shape,
                 eps,
                 &self.rope,
-                &batch.positions,
+                batch,
+                kv,
+                l,
             )?;
-            b.write_kv(kv, l, &k, &v, &batch.slot_mapping)?;
             let attn = b.attention(&q, kv, l, batch, shape)?;
             let attn_out = b.linear(&attn, &layer.o_proj)?;
             x = b.add_rms_norm(&mut residual, &attn_out, &layer.post_attention_norm, eps)?;

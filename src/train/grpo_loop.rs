@@ -89,13 +89,16 @@ pub struct GrpoState {
     pub config: GrpoRunConfig,
 }
 
+/// Verifies an answer to question i.
+type Judge<'t> = Box<dyn Fn(usize, &str) -> Verdict + 't>;
+
 pub struct GrpoTrainer<'t, B: TrainBackend> {
     pub model: Qwen3<B>,
     pub optimizer: AdamW<B>,
     reference: Option<Qwen3<B>>,
     tokenizer: &'t Tokenizer,
     questions: Vec<String>,
-    judge: Box<dyn Fn(usize, &str) -> Verdict + 't>,
+    judge: Judge<'t>,
     pub executor: ExecutorConfig,
     pub engine: EngineConfig,
     pub state: GrpoState,

@@ -1,0 +1,165 @@
+//! Host side of paged attention: checks the batch against the cache, builds the per-row or
+//! per-tile metadata the kernels read, and picks the kernel: the split-KV decode kernel when
+//! every sequence brings one new token, the tiled prefill kernel otherwise (it handles any
+//! mix, including decode rows, at the cost of partly empty tiles).
+
+use cudarc::driver::PushKernelArg;
+
+use super::device::{CudaBackend, grid};
+use super::ops::{CudaKvCache, CudaTensor, check_layer, launch_err, shape_err};
+use crate::Result;
+use crate::backend::AttentionShape;
+use crate::model::batch::ForwardBatch;
+
+/// Kernel limits (kernels/attention_*.cu): head_dim up to 128, GQA groups up to 8 in decode.
+const MAX_HEAD_DIM: usize = 128;
+const MAX_DECODE_GROUP: usize = 8;
+/// Query rows per prefill tile (PF_ROWS in kernels/attention_prefill.cu).
+const PREFILL_ROWS: usize = 16;
+
+pub fn paged_attention(
+    be: &CudaBackend,
+    q: &CudaTensor,
+    cache: &CudaKvCache,
+    layer: usize,
+    batch: &ForwardBatch,
+    shape: AttentionShape,
+) -> Result<CudaTensor> {
+    let l = cache.layout;
+    let AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    } = shape;
+    check_layer(&l, layer)?;
+    if num_kv_heads == 0
+        || num_heads % num_kv_heads != 0
+        || head_dim > MAX_HEAD_DIM
+        || (num_kv_heads, head_dim) != (l.num_kv_heads, l.head_dim)
+        || q.cols != num_heads * head_dim
+        || q.rows != batch.num_tokens()
+        || batch.positions.len() != q.rows
+    {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "q {}x{} for {} tokens, {shape:?} vs cache {l:?} (head_dim <= {MAX_HEAD_DIM})",
+                q.rows,
+                q.cols,
+                batch.num_tokens()
+            ),
+        ));
+    }
+    // Flattened block tables; every page a sequence reads must exist in the pool.
+    let mut tables = Vec::new();
+    let mut table_off = Vec::with_capacity(batch.seqs.len());
+    let mut max_pages = 1;
+    for s in &batch.seqs {
+        let pages = s.context_len.div_ceil(l.block_size);
+        if s.block_table.len() < pages
+            || s.block_table[..pages]
+                .iter()
+                .any(|&b| b as usize >= l.num_blocks)
+            || s.query_len > s.context_len
+            || s.query_start + s.query_len > q.rows
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "sequence at row {} (context {}, {} table entries) does not fit the cache",
+                    s.query_start,
+                    s.context_len,
+                    s.block_table.len()
+                ),
+            ));
+        }
+        table_off.push(tables.len() as u32);
+        tables.extend_from_slice(&s.block_table[..pages]);
+        max_pages = max_pages.max(pages);
+    }
+    let mut out = CudaTensor {
+        data: be.alloc_bf16(q.rows * q.cols)?,
+        rows: q.rows,
+        cols: q.cols,
+    };
+    if q.rows == 0 {
+        return Ok(out);
+    }
+    tables.push(0); // never empty: a zero-length device buffer cannot be allocated
+    let tables_d = be.upload(&tables)?;
+    let layer_off = (layer * l.layer_elems()) as u64;
+    let (nh, nkv, hd, bs) = (
+        num_heads as i32,
+        num_kv_heads as i32,
+        head_dim as i32,
+        l.block_size as i32,
+    );
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let group = num_heads / num_kv_heads;
+    let all_decode = batch.seqs.iter().all(|s| s.query_len == 1);
+
+    if all_decode && group <= MAX_DECODE_GROUP {
+        // Split the KV range so rows × kv_heads × splits fills about two waves of the GPU.
+        let work = q.rows * num_kv_heads;
+        let want = (2 * be.inner.sm_count).div_ceil(work).clamp(1, max_pages);
+        let pages_per_split = max_pages.div_ceil(want);
+        let splits = max_pages.div_ceil(pages_per_split);
+        let mut row_table = vec![0u32; q.rows];
+        for (s, seq) in batch.seqs.iter().enumerate() {
+            row_table[seq.query_start] = table_off[s];
+        }
+        let row_table_d = be.upload(&row_table)?;
+        let pos_d = be.upload(&batch.positions)?;
+        let heads = q.rows * num_heads;
+        let mut part_o = be.alloc_f32(heads * splits * head_dim)?;
+        let mut part_ml = be.alloc_f32(heads * splits * 2)?;
+        let pps = pages_per_split as i32;
+        let mut b = be.stream().launch_builder(be.func("attention_decode")?);
+        b.arg(&q.data).arg(&cache.k).arg(&cache.v).arg(&layer_off);
+        b.arg(&pos_d).arg(&row_table_d).arg(&tables_d);
+        b.arg(&mut part_o).arg(&mut part_ml);
+        b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&pps).arg(&scale);
+        // SAFETY: every row's positions lie inside its table (checked above), the tables'
+        // pages inside the pool; part_o/part_ml hold rows × heads × splits entries.
+        unsafe { b.launch(grid(q.rows, num_kv_heads, splits, 128)) }
+            .map_err(launch_err("attention_decode"))?;
+        let splits_i = splits as i32;
+        let mut b = be
+            .stream()
+            .launch_builder(be.func("attention_decode_reduce")?);
+        b.arg(&part_o).arg(&part_ml).arg(&mut out.data);
+        b.arg(&nh).arg(&hd).arg(&splits_i);
+        // SAFETY: reads the partials written above; writes rows × num_heads × head_dim.
+        unsafe { b.launch(grid(q.rows, num_heads, 1, 128)) }
+            .map_err(launch_err("attention_decode_reduce"))?;
+        return Ok(out);
+    }
+
+    // Prefill tiles: {first row, rows, position of the first row, table offset}.
+    let mut tiles = Vec::new();
+    for (s, seq) in batch.seqs.iter().enumerate() {
+        let first_pos = seq.context_len - seq.query_len;
+        for t in (0..seq.query_len).step_by(PREFILL_ROWS) {
+            tiles.extend_from_slice(&[
+                (seq.query_start + t) as u32,
+                PREFILL_ROWS.min(seq.query_len - t) as u32,
+                (first_pos + t) as u32,
+                table_off[s],
+            ]);
+        }
+    }
+    let n_tiles = tiles.len() / 4;
+    if n_tiles == 0 {
+        return Ok(out);
+    }
+    let tiles_d = be.upload(&tiles)?;
+    let mut b = be.stream().launch_builder(be.func("attention_prefill")?);
+    b.arg(&q.data).arg(&cache.k).arg(&cache.v).arg(&layer_off);
+    b.arg(&tiles_d).arg(&tables_d).arg(&mut out.data);
+    b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&scale);
+    // SAFETY: tiles cover rows inside q (checked: query_start + query_len <= rows) and keys
+    // inside each sequence's table; out holds rows × num_heads × head_dim.
+    unsafe { b.launch(grid(n_tiles, num_heads, 1, 128)) }
+        .map_err(launch_err("attention_prefill"))?;
+    Ok(out)
+}

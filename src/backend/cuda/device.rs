@@ -1,0 +1,175 @@
+//! `CudaBackend`: one device, one stream, a cuBLAS handle and every kernel loaded once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use half::bf16;
+
+use super::{compile, probe};
+use crate::{Error, Result};
+
+pub(super) fn cuda_err(msg: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: "cuda",
+        msg: msg.to_string(),
+    }
+}
+
+/// The CUDA backend. Cloning shares the device state.
+#[derive(Clone)]
+pub struct CudaBackend {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub blas: CudaBlas,
+    pub funcs: HashMap<&'static str, CudaFunction>,
+    pub arch: &'static str,
+    pub sm_count: usize,
+    /// Tests: fill every fresh buffer with NaN, so an element a kernel forgets shows up.
+    pub poison: AtomicBool,
+}
+
+/// The NVRTC target for a compute capability: the newest one we build for that it runs.
+fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
+    Ok(match (major, minor) {
+        (9.., _) => "sm_90",
+        (8, 9) => "sm_89",
+        (8, 6..=8) => "sm_86",
+        (8, _) => "sm_80",
+        _ => {
+            return Err(cuda_err(format!(
+                "compute capability {major}.{minor} is older than 8.0 (bf16 tensor paths need sm_80+)"
+            )));
+        }
+    })
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, compiles every kernel for it with NVRTC and loads them.
+    /// A missing driver, device, NVRTC or cuBLAS is an error, never a panic.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        probe::require_driver()?;
+        let count =
+            CudaContext::device_count().map_err(|e| cuda_err(format!("no CUDA device ({e:?})")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(cuda_err(format!(
+                "no CUDA device {ordinal} ({count} device(s) present)"
+            )));
+        }
+        probe::require_nvrtc()?;
+        probe::require_cublas()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(format!("{e:?}")))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_err(format!("{e:?}")))?;
+        let arch = arch_for(major, minor)?;
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| cuda_err(format!("{e:?}")))? as usize;
+        let include = compile::find_cuda_include()?;
+        let mut funcs = HashMap::new();
+        for k in compile::KERNELS {
+            let ptx = compile::compile_ptx(k, arch, &include)?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                .map_err(|e| cuda_err(format!("loading kernels/{}.cu: {e:?}", k.name)))?;
+            for f in k.functions {
+                let func = module
+                    .load_function(f)
+                    .map_err(|e| cuda_err(format!("kernel {f}: {e:?}")))?;
+                funcs.insert(*f, func);
+            }
+        }
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err(format!("{e:?}")))?;
+        Ok(CudaBackend {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                funcs,
+                arch,
+                sm_count,
+                poison: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn arch(&self) -> &'static str {
+        self.inner.arch
+    }
+
+    pub fn device_name(&self) -> Result<String> {
+        self.inner
+            .ctx
+            .name()
+            .map_err(|e| cuda_err(format!("{e:?}")))
+    }
+
+    /// Tests: from now on every buffer an op allocates starts as NaN instead of garbage.
+    pub fn set_poison(&self, on: bool) {
+        self.inner.poison.store(on, Ordering::Relaxed);
+    }
+
+    fn poisoned(&self) -> bool {
+        self.inner.poison.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    pub(super) fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.inner
+            .funcs
+            .get(name)
+            .ok_or_else(|| cuda_err(format!("kernel {name} is not loaded")))
+    }
+
+    pub(super) fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream()
+            .clone_htod(host)
+            .map_err(|e| cuda_err(format!("upload: {e:?}")))
+    }
+
+    /// An uninitialised bf16 buffer every element of which the caller's kernel writes.
+    pub(super) fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<bf16>> {
+        if self.poisoned() {
+            return self.upload(&vec![bf16::NAN; n.max(1)]);
+        }
+        // SAFETY: the memory is uninitialised; every caller launches a kernel that writes all
+        // `n` elements before anything reads them.
+        unsafe { self.stream().alloc::<bf16>(n.max(1)) }
+            .map_err(|e| cuda_err(format!("alloc of {n} bf16: {e:?}")))
+    }
+
+    pub(super) fn alloc_f32(&self, n: usize) -> Result<CudaSlice<f32>> {
+        if self.poisoned() {
+            return self.upload(&vec![f32::NAN; n.max(1)]);
+        }
+        // SAFETY: as alloc_bf16: the launching kernel writes every element before it is read.
+        unsafe { self.stream().alloc::<f32>(n.max(1)) }
+            .map_err(|e| cuda_err(format!("alloc of {n} f32: {e:?}")))
+    }
+}
+
+/// Launch shape helpers.
+pub(super) fn grid(x: usize, y: usize, z: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (x as u32, y as u32, z as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub(super) fn elementwise(n: usize) -> LaunchConfig {
+    grid(n.div_ceil(256), 1, 1, 256)
+}

@@ -1,0 +1,17 @@
+//! The CUDA backend: bf16 activations and KV cache on the device, cuBLAS for the dense
+//! projections, our kernels (kernels/*.cu, compiled at run time by NVRTC) for the rest.
+//! Every CUDA library is loaded at run time, so this builds and links with no CUDA
+//! installed; `CudaBackend::new` reports a missing driver or device as an error.
+
+pub mod compile;
+pub mod probe;
+pub mod ptxas;
+
+mod attention;
+mod device;
+mod ops;
+mod sampling;
+
+pub use device::CudaBackend;
+pub use ops::{CudaKvCache, CudaTensor, CudaWeight};
+pub use sampling::RowSampling;

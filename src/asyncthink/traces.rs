@@ -69,6 +69,14 @@ pub const WORKER_INSTRUCTION: &str = "You are a worker. Solve the sub-query belo
 Think step by step, then end with <RETURN>your key findings</RETURN>.";
 
 pub fn organizer_instruction(capacity: usize, tags: &ProtocolTags) -> String {
+    // With no room for a worker this is sequential thinking: a prompt of its own, so one
+    // model fine-tuned on both kinds of trace knows which one it is asked for.
+    if capacity <= 1 {
+        return format!(
+            "Think step by step on your own. End with {}.",
+            tags.answer("your final answer")
+        );
+    }
     format!(
         "You are the organizer. Think step by step. You may hand a sub-query to worker i with \
          {}sub-query{} (at most {} workers at once), wait for its result with {}, and must \
@@ -645,7 +653,13 @@ pub fn synthesize_item<T: Plannable>(
     let id = T::id(item).to_string();
     let mut out = vec![Conversation {
         messages: vec![
-            msg("system", organizer_instruction(capacity, tags)),
+            msg(
+                "system",
+                organizer_instruction(
+                    if mode == TraceMode::Sequential { 1 } else { capacity },
+                    tags,
+                ),
+            ),
             msg("user", T::prompt(item)),
             msg("assistant", organizer.clone()),
         ],

@@ -38,7 +38,7 @@ pub struct DemoArgs {
     pub capacity: usize,
     #[arg(long, default_value_t = 256)]
     pub traces: usize,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 1000)]
     pub sft_steps: u64,
     #[arg(long, default_value_t = 6)]
     pub grpo_steps: u64,
@@ -46,6 +46,9 @@ pub struct DemoArgs {
     pub train_items: usize,
     #[arg(long, default_value_t = 24)]
     pub eval_items: usize,
+    /// Sampling temperature of the evaluation (rollouts sample at 0.7).
+    #[arg(long, default_value_t = 0.7)]
+    pub eval_temperature: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -59,10 +62,10 @@ fn jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     write_atomic(path, text.as_bytes())
 }
 
-fn executor(capacity: usize, seed: u64) -> ExecutorArgs {
+fn executor(capacity: usize, seed: u64, temperature: f32) -> ExecutorArgs {
     ExecutorArgs {
         capacity,
-        temperature: 0.7,
+        temperature,
         organizer_tokens: 256,
         worker_tokens: 64,
         max_steps: 2048,
@@ -76,6 +79,7 @@ fn eval_all(
     tasks: &Path,
     capacity: usize,
     seed: u64,
+    temperature: f32,
     modes: &[ThinkingMode],
 ) -> Result<
     Vec<(
@@ -92,7 +96,7 @@ fn eval_all(
             mode,
             samples: capacity,
             limit: None,
-            executor: executor(capacity, seed),
+            executor: executor(capacity, seed, temperature),
             out: None,
             svg_dir: None,
         };
@@ -112,7 +116,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let started = std::time::Instant::now();
-    let task = Arithmetic::default();
+    let task = Arithmetic::tiny();
 
     // 1. Task items (train and held-out) and cold-start traces.
     let train_path = out.join("train_items.jsonl");
@@ -125,7 +129,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &eval_path,
         &generate_items(&task, args.eval_items, args.seed + 1_000_003),
     )?;
-    let (convs, stats) = synthesize(
+    let (mut convs, stats) = synthesize(
         &task,
         args.traces,
         args.seed + 2,
@@ -133,13 +137,27 @@ pub fn run(args: DemoArgs) -> Result<()> {
         args.capacity,
         &ProtocolTags::default(),
     );
+    // Sequential traces too (their own system prompt), so the sequential and parallel
+    // baselines are run by a model that has learned their format, not judged on one it
+    // never saw.
+    let (sequential, _) = synthesize(
+        &task,
+        args.traces / 2,
+        args.seed + 3,
+        TraceMode::Sequential,
+        args.capacity,
+        &ProtocolTags::default(),
+    );
+    let asyncthink_conversations = convs.len();
+    convs.extend(sequential);
     let traces_path = out.join("traces.jsonl");
     jsonl(&traces_path, &convs)?;
     eprintln!(
-        "[1/4] {} train and {} eval items; {} trace conversations\n{stats}",
+        "[1/4] {} train and {} eval items; {} AsyncThink and {} sequential trace conversations\n{stats}",
         args.train_items,
         args.eval_items,
-        convs.len()
+        asyncthink_conversations,
+        convs.len() - asyncthink_conversations
     );
 
     // 2. Format SFT.
@@ -203,7 +221,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         format_error_reward: -1.0,
         checkpoint_every: 0,
         resume: None,
-        executor: executor(args.capacity, args.seed),
+        executor: executor(args.capacity, args.seed, 0.7),
     };
     let logs = run_with(&grpo)?;
     eprintln!(
@@ -219,6 +237,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &eval_path,
         args.capacity,
         args.seed,
+        args.eval_temperature,
+        &[ThinkingMode::Asyncthink],
+    )?;
+    let sft_only = eval_all(
+        ModelArgs {
+            model: Some(sft_dir.clone()),
+            threads: None,
+        },
+        &eval_path,
+        args.capacity,
+        args.seed,
+        args.eval_temperature,
         &[ThinkingMode::Asyncthink],
     )?;
     let trained_model = ModelArgs {
@@ -230,13 +260,17 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &eval_path,
         args.capacity,
         args.seed,
+        args.eval_temperature,
         &[
             ThinkingMode::Asyncthink,
             ThinkingMode::Sequential,
             ThinkingMode::Parallel,
         ],
     )?;
-    let mut rows = vec![("untrained".to_string(), &base[0].0)];
+    let mut rows = vec![
+        ("untrained".to_string(), &base[0].0),
+        ("SFT".to_string(), &sft_only[0].0),
+    ];
     rows.extend(trained.iter().map(|(s, _)| ("SFT + GRPO".to_string(), s)));
     let mut table = String::from(
         "| model | mode | accuracy | format-valid | critical path (tokens) | concurrency η | tokens / question |\n|---|---|---|---|---|---|---|\n",

@@ -1,10 +1,12 @@
 //! The organizer/worker protocol: tag strings, the incremental parser the executor drives
 //! while decoding, and the offline validator for whole traces (see docs/protocol.md).
 
+mod differential;
 mod parser;
 mod tags;
 mod validate;
 
+pub use differential::check_incremental_agrees_with_offline;
 pub use parser::{Mode, StreamParser};
 pub use tags::{INDEX_PLACEHOLDER, ProtocolTags, TagKind};
 pub use validate::{JoinOrder, OrganizerTrace, WorkerTrace, validate_organizer, validate_worker};
@@ -101,8 +103,10 @@ pub enum ProtocolError {
     MissingReturn,
     #[error("unclosed tag {tag}")]
     UnclosedTag { tag: String },
-    #[error("text after the final tag: {text:?}")]
-    TextAfterFinal { text: String },
+    /// Where the stray text starts (a stream byte offset) and its first character: both
+    /// are the same however the stream was chunked, unlike an excerpt.
+    #[error("text after the final tag at byte {at}, starting with {first:?}")]
+    TextAfterFinal { at: usize, first: char },
     #[error("tag {inner} inside {outer}")]
     Nesting { outer: String, inner: String },
     #[error("{role:?} may not write {tag}")]

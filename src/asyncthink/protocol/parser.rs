@@ -113,8 +113,20 @@ fn scan(patterns: &[Pattern], s: &str) -> Scan {
                 end: (after_prefix + nd + 1).min(s.len()),
             };
             let leading_zero = nd > 1 && after.starts_with('0');
-            if nd > MAX_INDEX_DIGITS || leading_zero {
-                return malformed;
+            // The excerpt must not depend on how much of the stream has arrived: an
+            // over-long index is cut after MAX_INDEX_DIGITS + 1 digits, a leading zero
+            // after the digit that follows it.
+            if leading_zero {
+                return Scan::Malformed {
+                    start: i,
+                    end: after_prefix + 2,
+                };
+            }
+            if nd > MAX_INDEX_DIGITS {
+                return Scan::Malformed {
+                    start: i,
+                    end: after_prefix + MAX_INDEX_DIGITS + 1,
+                };
             }
             if nd == after.len() {
                 return Scan::Partial(i);
@@ -226,7 +238,11 @@ impl StreamParser {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        if self.len() + chunk.len() > self.limits.max_total_bytes {
+        let room = self.limits.max_total_bytes.saturating_sub(self.len());
+        if chunk.len() > room {
+            // Parse up to the limit first: an error earlier in the text is the one to
+            // report, whatever the chunking (the offline validator sees one big chunk).
+            self.push(&chunk[..floor_boundary(chunk, room)])?;
             return self.fail(ProtocolError::BudgetExceeded {
                 what: "stream bytes".into(),
                 limit: self.limits.max_total_bytes,
@@ -259,7 +275,10 @@ impl StreamParser {
                     let end = floor_boundary(&self.pending, end);
                     let text = self.pending[start..end].to_string();
                     if self.state == State::Done {
-                        return self.fail(ProtocolError::TextAfterFinal { text });
+                        return self.fail(ProtocolError::TextAfterFinal {
+                            at: self.offset + start,
+                            first: '<',
+                        });
                     }
                     return self.fail(ProtocolError::MalformedTag { text });
                 }
@@ -363,11 +382,12 @@ impl StreamParser {
         let content = match &mut self.state {
             State::Thinking => return Ok(()),
             State::Done => {
-                if text.trim().is_empty() {
+                let Some((i, first)) = text.char_indices().find(|(_, c)| !c.is_whitespace())
+                else {
                     return Ok(());
-                }
-                let text = text.trim().to_string();
-                return self.fail(ProtocolError::TextAfterFinal { text });
+                };
+                let at = self.offset + i;
+                return self.fail(ProtocolError::TextAfterFinal { at, first });
             }
             State::AwaitingJoin { id } => {
                 let id = *id;
@@ -399,7 +419,12 @@ impl StreamParser {
         let idx = id.unwrap_or(0);
         let state = std::mem::replace(&mut self.state, State::Thinking);
         let (next, event) = match (state, kind) {
-            (State::Done, _) => return self.fail(ProtocolError::TextAfterFinal { text: tag }),
+            (State::Done, _) => {
+                return self.fail(ProtocolError::TextAfterFinal {
+                    at: span.start,
+                    first: '<',
+                });
+            }
             (State::Thinking, k) => match (self.role, k) {
                 (Role::Organizer, ForkOpen) => {
                     self.open_fork(idx)?;

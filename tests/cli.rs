@@ -173,3 +173,53 @@ fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(summary.contains("7 requests (4 failed)"), "{summary}");
 }
+
+/// The README's main command, shortened: every stage of the pipeline runs and writes its
+/// outputs (the full run's table is in docs/results.md).
+#[test]
+fn demo_pipeline_runs_end_to_end_shortened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let o = asyncthink(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--sft-steps",
+        "10",
+        "--grpo-steps",
+        "1",
+        "--traces",
+        "16",
+        "--train-items",
+        "8",
+        "--eval-items",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "table.md",
+        "results.json",
+        "sft_loss.svg",
+        "forks.svg",
+        "grpo/reward.svg",
+        "grpo/final/model.safetensors",
+        "sft/model.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let models: Vec<&str> = r["eval"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        ["untrained", "SFT", "SFT + GRPO", "SFT + GRPO", "SFT + GRPO"]
+    );
+    assert_eq!(r["grpo"].as_array().unwrap().len(), 1);
+    let loss = |k: &str| r[k].as_f64().unwrap();
+    assert!(loss("sft_loss_last") < loss("sft_loss_first"));
+}

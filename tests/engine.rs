@@ -251,3 +251,50 @@ fn random_arrivals_aborts_forks_and_completions_never_leak_blocks() {
         );
     }
 }
+
+/// Forced tokens (the executor's scripted policy, injected text) come out first, in order,
+/// with the model's log-probability of each; sampling then continues as if the prompt had
+/// ended with them, and they count against max_new_tokens.
+#[test]
+fn forced_tokens_come_first_then_sampling_resumes() {
+    let model = load("tiny-gqa4-tied");
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 13 + 5) % 500).collect();
+    let forced = [17u32, 300, 42];
+    let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
+    // A neighbour in the batch, so the forced row is not alone.
+    let other = engine.add_request(prompt[..9].to_vec(), greedy(8)).unwrap();
+    let id = engine.add_request(prompt.clone(), greedy(8)).unwrap();
+    engine.force_tokens(id, &forced).unwrap();
+    while engine.has_unfinished() {
+        engine.step().unwrap();
+        engine.check_invariants().unwrap();
+    }
+    let seq = engine.take_finished(id).unwrap();
+    assert_eq!(seq.output_ids().len(), 8);
+    assert_eq!(&seq.output_ids()[..3], &forced);
+
+    let mut extended = prompt.clone();
+    extended.extend(forced);
+    assert_eq!(
+        &seq.output_ids()[3..],
+        &single(&model, &extended, &greedy(5))[..]
+    );
+
+    let logits = engine.logits_all(&extended).unwrap();
+    for (k, &t) in forced.iter().enumerate() {
+        let row = &logits[prompt.len() - 1 + k];
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+        let want = row[t as usize] - lse;
+        assert!(
+            (seq.logprobs[k] - want).abs() < 1e-5,
+            "forced token {k}: log-prob {} vs {want}",
+            seq.logprobs[k]
+        );
+    }
+    assert!(engine.take_finished(other).is_some());
+    assert!(
+        engine.force_tokens(id, &[9999]).is_err(),
+        "finished or unknown sequences and ids past the vocabulary are errors"
+    );
+}

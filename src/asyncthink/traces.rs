@@ -656,7 +656,11 @@ pub fn synthesize_item<T: Plannable>(
             msg(
                 "system",
                 organizer_instruction(
-                    if mode == TraceMode::Sequential { 1 } else { capacity },
+                    if mode == TraceMode::Sequential {
+                        1
+                    } else {
+                        capacity
+                    },
                     tags,
                 ),
             ),

@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod bench_batch;
+mod bench_executor;
 pub mod data;
 mod demo;
 pub mod eval;
@@ -44,6 +45,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
     BenchBatch(bench_batch::BenchBatchArgs),
+    /// Measure the AsyncThink executor against the engine with a scripted policy; writes JSON.
+    BenchExecutor(bench_executor::BenchExecutorArgs),
     /// The whole pipeline at a tiny scale: traces, SFT, GRPO, AsyncThink vs baselines.
     Demo(demo::DemoArgs),
     /// One question through the AsyncThink executor (organizer + workers).
@@ -117,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Batch(a) => batch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchBatch(a) => bench_batch::run(a),
+        Command::BenchExecutor(a) => bench_executor::run(a),
         Command::Data { cmd } => data::run(cmd),
         Command::Sft(a) => sft::run(a),
         Command::Think(a) => think::run(a),

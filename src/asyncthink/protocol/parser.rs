@@ -382,8 +382,7 @@ impl StreamParser {
         let content = match &mut self.state {
             State::Thinking => return Ok(()),
             State::Done => {
-                let Some((i, first)) = text.char_indices().find(|(_, c)| !c.is_whitespace())
-                else {
+                let Some((i, first)) = text.char_indices().find(|(_, c)| !c.is_whitespace()) else {
                     return Ok(());
                 };
                 let at = self.offset + i;

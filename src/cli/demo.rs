@@ -297,7 +297,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         &out.join("forks.svg"),
         forks_histogram_svg(&episodes).as_bytes(),
     )?;
-    if let Some(e) = episodes.iter().max_by_key(|e| e.forks) {
+    // The picture: the valid episode with the most forks (any episode if none is valid).
+    let pictured = episodes
+        .iter()
+        .filter(|e| !e.record.has_format_error())
+        .max_by_key(|e| e.forks)
+        .or_else(|| episodes.iter().max_by_key(|e| e.forks));
+    if let Some(e) = pictured {
         write_atomic(&out.join("timeline.svg"), timeline_svg(e).as_bytes())?;
     }
     let results = json!({

@@ -75,6 +75,9 @@ pub struct GrpoStepLog {
     pub kl: f64,
     pub clip_fraction: f64,
     pub logprob_gap_max: f64,
+    pub logprob_gap_mean: f64,
+    /// Sampled tokens whose log-prob the trainer compared with the sampler's.
+    pub logprob_gap_tokens: usize,
     pub grad_norm: f64,
     pub generated_tokens: usize,
     pub generation_seconds: f64,
@@ -264,6 +267,8 @@ impl<'t, B: TrainBackend> GrpoTrainer<'t, B> {
             log.kl = stats.objective.kl;
             log.clip_fraction = stats.objective.clip_fraction;
             log.logprob_gap_max = stats.logprob_gap_max;
+            log.logprob_gap_mean = stats.logprob_gap_mean;
+            log.logprob_gap_tokens = seqs.iter().map(|s| s.generated.len()).sum();
             log.grad_norm = stats.grad_norm;
         }
         log.training_seconds = started.elapsed().as_secs_f64();

@@ -100,7 +100,11 @@ pub fn grpo_update<B: TrainBackend>(
                         .map(|(a, b)| (*a as f64 - *b as f64).abs())
                 })
                 .collect();
-            stats.logprob_gap_max = gaps.iter().copied().fold(0.0, f64::max);
+            // NaN must show, not vanish into `f64::max`.
+            stats.logprob_gap_max = gaps
+                .iter()
+                .copied()
+                .fold(0.0, |m, g| if g.is_nan() || g > m { g } else { m });
             stats.logprob_gap_mean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
         }
         let views: Vec<SeqTokens<'_>> = seqs

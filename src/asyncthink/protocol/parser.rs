@@ -689,9 +689,7 @@ mod tests {
         );
         assert_eq!(
             first_err(4, "<ANSWER>1</ANSWER> and more"),
-            E::TextAfterFinal {
-                text: "and more".into()
-            }
+            E::TextAfterFinal { at: 19, first: 'a' }
         );
         assert!(matches!(
             first_err(4, "<ANSWER>1</ANSWER><FORK-1>"),

@@ -4,6 +4,7 @@
 //! - one episode's wall-clock latency against its critical path × the engine's step time;
 //! - episodes/s and generated tokens/s for a batch of questions at each capacity, against
 //!   the plain engine decoding as many sequences (GRPO rollouts are these batches).
+//! Every timing is the median of several runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,6 +73,13 @@ fn engine_config(sequences: usize) -> EngineConfig {
         max_batched_tokens: 4096,
         ..EngineConfig::default()
     }
+}
+
+/// The median of `runs` measurements of `f` (this machine's timings jitter by ±20%).
+fn median_of<T>(runs: usize, f: impl Fn() -> Result<T>, key: impl Fn(&T) -> f64) -> Result<T> {
+    let mut all = (0..runs).map(|_| f()).collect::<Result<Vec<T>>>()?;
+    all.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    Ok(all.swap_remove(runs / 2))
 }
 
 /// Mean seconds of one decode step of the plain engine with `sequences` sequences of a
@@ -158,25 +166,25 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &capacity in &capacities {
         // One episode alone: executor latency against critical path × step time.
-        // Median of 5 runs: at a fraction of a millisecond per step, one run is noisy.
-        let mut runs = (0..5)
-            .map(|_| {
+        let (single, wall, single_stats) = median_of(
+            5,
+            || {
                 run_batch(
                     &model,
                     &tokenizer,
                     capacity,
                     &[script(0, capacity, args.worker_words)],
                 )
-            })
-            .collect::<Result<Vec<_>>>()?;
-        runs.sort_by(|a, b| a.1.total_cmp(&b.1));
-        let (single, wall, single_stats) = runs.swap_remove(2);
+            },
+            |r| r.1,
+        )?;
         let episode = &single[0];
         // The plain engine with as many sequences as the episode kept active on average.
         let active = (episode.total_tokens as f64 / single_stats.steps.max(1) as f64)
             .round()
             .max(1.0) as usize;
-        let (step_seconds, _) = plain_step_seconds(&model, active, 96, 64)?;
+        let (step_seconds, _) =
+            median_of(5, || plain_step_seconds(&model, active, 96, 64), |r| r.0)?;
         let ideal = episode.critical_path_tokens as f64 * step_seconds;
 
         // A batch of questions: episodes/s, and tokens/s against the plain engine decoding
@@ -184,18 +192,26 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
         let scripts: Vec<Script> = (0..args.questions)
             .map(|i| script(i, capacity, args.worker_words))
             .collect();
-        let (outs, seconds, stats) = run_batch(&model, &tokenizer, capacity, &scripts)?;
+        let (outs, seconds, stats) = median_of(
+            3,
+            || run_batch(&model, &tokenizer, capacity, &scripts),
+            |r| r.1,
+        )?;
         let batch_steps = stats.steps;
         let generated: usize = outs.iter().map(|o| o.total_tokens).sum();
         let mean_active = (generated as f64 / batch_steps.max(1) as f64)
             .round()
             .max(1.0);
-        let (_, plain_tok_s) = plain_step_seconds(&model, mean_active as usize, 96, 64)?;
+        let (_, plain_tok_s) = median_of(
+            3,
+            || plain_step_seconds(&model, mean_active as usize, 96, 64),
+            |r| r.1,
+        )?;
         let tok_s = generated as f64 / seconds;
         let row = json!({
             "capacity": capacity,
             "single_episode": {
-                "wall_seconds_median_of_5": wall,
+                "wall_seconds": wall,
                 "engine_steps": single_stats.steps,
                 "critical_path_tokens": episode.critical_path_tokens,
                 "plain_engine_step_seconds": step_seconds,

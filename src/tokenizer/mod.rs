@@ -2,6 +2,7 @@
 //! chat template and the end-of-sequence ids from generation_config.json.
 
 pub mod chat;
+mod incremental;
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use serde_json::Value;
 use crate::{Error, Result};
 
 pub use chat::{ChatMessage, ChatTemplateOptions};
+pub use incremental::IncrementalDecoder;
 
 /// A token's [start, end) byte offsets in the encoded text.
 pub type ByteRange = (usize, usize);

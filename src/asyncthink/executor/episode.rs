@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::asyncthink::episode::{EpisodeRecord, WorkerRecord, concurrency};
 use crate::asyncthink::protocol::{ProtocolError, StreamParser};
 use crate::engine::SeqId;
+use crate::tokenizer::IncrementalDecoder;
 
 /// What a policy-gradient trainer needs of one finished sequence.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -25,6 +26,7 @@ pub struct Agent {
     pub parser: StreamParser,
     /// Model-written text so far (decoded generated tokens).
     pub text: String,
+    pub decoder: IncrementalDecoder,
     pub tokens: usize,
     pub start_step: usize,
     pub end_step: Option<usize>,
@@ -38,6 +40,7 @@ impl Agent {
             seq,
             parser,
             text: String::new(),
+            decoder: IncrementalDecoder::new(),
             tokens: 0,
             start_step,
             end_step: None,

@@ -205,12 +205,6 @@ impl<B: Backend> Run<'_, '_, B> {
     }
 
     fn on_token(&mut self, ep: usize, role: Role, seq: SeqId, _token: u32) -> Result<()> {
-        let generated = self
-            .engine
-            .sequence(seq)
-            .map(|s| s.generated.clone())
-            .unwrap_or_default();
-        let full = self.tokenizer.decode(&generated, false)?;
         {
             let e = &mut self.episodes[ep];
             if let Some(a) = e.activity.last_mut() {
@@ -220,16 +214,24 @@ impl<B: Backend> Run<'_, '_, B> {
                 e.latency += 1;
             }
         }
-        let Some(agent) = self.agent(ep, role) else {
+        let tokenizer = self.tokenizer;
+        let generated = match self.engine.sequence(seq) {
+            Some(s) => s.generated.as_slice(),
+            None => &[],
+        };
+        let Some(agent) = (match role {
+            Role::Organizer => Some(&mut self.episodes[ep].organizer),
+            Role::Worker(id) => self.episodes[ep].workers.get_mut(&id).map(|w| &mut w.agent),
+        }) else {
             return Ok(());
         };
         agent.tokens += 1;
-        // A multi-byte character split across tokens waits for its last byte.
-        if full.ends_with('\u{fffd}') || !full.starts_with(agent.text.as_str()) {
+        // "" while a multi-byte character is split across tokens: it waits for its last byte.
+        let new = agent.decoder.step(tokenizer, generated)?;
+        if new.is_empty() {
             return Ok(());
         }
-        let new = full[agent.text.len()..].to_string();
-        agent.text = full;
+        agent.text.push_str(&new);
         let events = match agent.parser.push(&new) {
             Ok(ev) => ev,
             Err(e) => return self.fail(ep, e),

@@ -4,6 +4,7 @@
 //! - one episode's wall-clock latency against its critical path × the engine's step time;
 //! - episodes/s and generated tokens/s for a batch of questions at each capacity, against
 //!   the plain engine decoding as many sequences (GRPO rollouts are these batches).
+//!
 //! Every timing is the median of several runs.
 
 use std::collections::HashMap;

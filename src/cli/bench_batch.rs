@@ -80,17 +80,7 @@ fn blocks_for_forks<B: Backend>(
 
 pub fn run(args: BenchBatchArgs) -> Result<()> {
     args.model.init_threads()?;
-    let levels: Vec<usize> = args
-        .concurrency
-        .split(',')
-        .map(|s| s.trim().parse::<usize>().ok().filter(|&n| n > 0))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "--concurrency {:?}: expected positive integers",
-                args.concurrency
-            ))
-        })?;
+    let levels = super::parse_usize_list("--concurrency", &args.concurrency, 1)?;
     if args.prompt_len == 0 || args.new_tokens == 0 || args.forks == 0 || args.fork_prompt_len == 0
     {
         return Err(Error::InvalidInput(

@@ -147,17 +147,7 @@ fn run_batch(
 
 pub fn run(args: BenchExecutorArgs) -> Result<()> {
     args.model.init_threads()?;
-    let capacities: Vec<usize> = args
-        .capacities
-        .split(',')
-        .map(|s| s.trim().parse::<usize>().ok().filter(|&c| c >= 2))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "--capacities {:?}: expected integers >= 2",
-                args.capacities
-            ))
-        })?;
+    let capacities = super::parse_usize_list("--capacities", &args.capacities, 2)?;
     if args.questions == 0 {
         return Err(Error::InvalidInput("--questions must be positive".into()));
     }

@@ -113,6 +113,14 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// A comma-separated list of integers, each at least `min`, for flag `flag`.
+pub fn parse_usize_list(flag: &str, s: &str, min: usize) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|t| t.trim().parse::<usize>().ok().filter(|&n| n >= min))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::InvalidInput(format!("{flag} {s:?}: expected integers >= {min}")))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),

@@ -22,6 +22,20 @@ fn whole(text: &str, tags: &ProtocolTags, limits: &ProtocolLimits, role: Role) -
     }
 }
 
+/// Where to end each pushed piece: the cuts on char boundaries, the extra offsets, the end.
+fn stops(text: &str, cuts: &[usize], extra: &[usize]) -> Vec<usize> {
+    let mut stops: Vec<usize> = cuts
+        .iter()
+        .map(|&c| c.min(text.len()))
+        .filter(|&c| text.is_char_boundary(c))
+        .chain(extra.iter().copied())
+        .chain([text.len()])
+        .collect();
+    stops.sort_unstable();
+    stops.dedup();
+    stops
+}
+
 fn pieces(
     text: &str,
     cuts: &[usize],
@@ -35,17 +49,9 @@ fn pieces(
             Err(ProtocolError::InvalidTags("tag set".into())),
         );
     };
-    let mut stops: Vec<usize> = cuts
-        .iter()
-        .map(|&c| c.min(text.len()))
-        .filter(|&c| text.is_char_boundary(c))
-        .collect();
-    stops.push(text.len());
-    stops.sort_unstable();
-    stops.dedup();
     let mut events = Vec::new();
     let mut pos = 0;
-    for stop in stops {
+    for stop in stops(text, cuts, &[]) {
         match p.push(&text[pos..stop]) {
             Ok(ev) => events.extend(ev),
             Err(e) => return (Vec::new(), Err(e)),
@@ -79,18 +85,10 @@ fn live(
             _ => None,
         })
         .collect();
-    let mut stops: Vec<usize> = cuts
-        .iter()
-        .map(|&c| c.min(text.len()))
-        .filter(|&c| text.is_char_boundary(c))
-        .chain(payloads.iter().map(|p| p.0))
-        .collect();
-    stops.push(text.len());
-    stops.sort_unstable();
-    stops.dedup();
+    let starts: Vec<usize> = payloads.iter().map(|p| p.0).collect();
     let mut events = Vec::new();
     let mut pos = 0;
-    for stop in stops {
+    for stop in stops(text, cuts, &starts) {
         if stop < pos {
             continue;
         }

@@ -177,13 +177,26 @@ fn train<T: Task>(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
         logs.push(log);
     }
     trainer.save(&args.out.join("final"))?;
-    let curve: Vec<(u64, f64)> = logs.iter().map(|l| (l.step, l.reward_mean)).collect();
-    write_atomic(
-        &args.out.join("reward.svg"),
-        crate::train::plot::loss_curve_svg(&curve, &[])
-            .replace("loss", "reward")
-            .as_bytes(),
-    )?;
+    // One curve per headline metric, beside grpo_metrics.jsonl.
+    type Metric = fn(&GrpoStepLog) -> f64;
+    let curves: [(&str, &str, Metric); 5] = [
+        ("reward.svg", "mean reward", |l| l.reward_mean),
+        ("format_valid.svg", "format-valid rate", |l| {
+            l.format_valid_rate
+        }),
+        ("accuracy.svg", "accuracy", |l| l.accuracy),
+        ("concurrency.svg", "concurrency η", |l| l.mean_concurrency),
+        ("critical_path.svg", "critical path (tokens)", |l| {
+            l.mean_critical_path_tokens
+        }),
+    ];
+    for (file, name, metric) in curves {
+        let points: Vec<(u64, f64)> = logs.iter().map(|l| (l.step, metric(l))).collect();
+        write_atomic(
+            &args.out.join(file),
+            crate::train::plot::curve_svg(name, &points, &[]).as_bytes(),
+        )?;
+    }
     Ok(logs)
 }
 

@@ -1,7 +1,12 @@
-//! A loss curve as a self-contained SVG: training loss per step, evaluation points on top.
+//! A metric curve as a self-contained SVG: the value per step, evaluation points on top.
 
 /// `train`: (step, loss); `eval`: (step, loss).
 pub fn loss_curve_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
+    curve_svg("loss", train, eval)
+}
+
+/// `name` labels the y axis; `train` and `eval` are (step, value).
+pub fn curve_svg(name: &str, train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
     let (w, h, pad) = (640.0, 360.0, 48.0);
     let all = train.iter().chain(eval).filter(|(_, l)| l.is_finite());
     let (mut x1, mut y0, mut y1) = (1u64, f64::INFINITY, f64::NEG_INFINITY);
@@ -27,7 +32,7 @@ pub fn loss_curve_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="black"/>
-<text x="{pad}" y="{ty}">loss {y1:.3}</text><text x="{pad}" y="{by}">{y0:.3}</text><text x="{r}" y="{by}" text-anchor="end">step {x1}</text>
+<text x="{pad}" y="{ty}">{name} {y1:.3}</text><text x="{pad}" y="{by}">{y0:.3}</text><text x="{r}" y="{by}" text-anchor="end">step {x1}</text>
 <polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{pts}"/>
 "##,
         b = h - pad,

@@ -98,6 +98,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Writes a benchmark report: what every report says about where it was measured
+/// (engine, commit, model, machine, threads) followed by `figures`; printed, and written
+/// to `out` when given.
+pub fn write_report(
+    model: &str,
+    figures: serde_json::Value,
+    out: Option<&std::path::Path>,
+) -> crate::Result<()> {
+    let mut report = serde_json::json!({
+        "engine": "asyncthink",
+        "backend": "cpu",
+        "commit": option_env!("ASYNCTHINK_COMMIT").unwrap_or("unknown"),
+        "model": model,
+        "machine": machine_description(),
+        "threads": rayon::current_num_threads(),
+    });
+    if let (Some(all), serde_json::Value::Object(more)) = (report.as_object_mut(), figures) {
+        all.extend(more);
+    }
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = out {
+        crate::util::write_atomic(path, text.as_bytes())?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
 /// CPU model name and core count, so a JSON report says what it was measured on.
 pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

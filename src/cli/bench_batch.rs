@@ -9,12 +9,11 @@ use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
 use super::ModelArgs;
-use super::bench::machine_description;
+use super::bench::write_report;
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::model::Qwen3;
-use crate::util::write_atomic;
 use crate::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -148,13 +147,7 @@ pub fn run(args: BenchBatchArgs) -> Result<()> {
         args.forks, args.fork_prompt_len
     );
 
-    let report = json!({
-        "engine": "asyncthink",
-        "backend": "cpu",
-        "commit": option_env!("ASYNCTHINK_COMMIT").unwrap_or("unknown"),
-        "model": source.describe(),
-        "machine": machine_description(),
-        "threads": rayon::current_num_threads(),
+    let figures = json!({
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
         "throughput": rows,
@@ -168,10 +161,5 @@ pub fn run(args: BenchBatchArgs) -> Result<()> {
             "saved_fraction": 1.0 - shared as f64 / unshared as f64,
         },
     });
-    let text = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.out {
-        write_atomic(path, text.as_bytes())?;
-    }
-    println!("{text}");
-    Ok(())
+    write_report(&source.describe(), figures, args.out.as_deref())
 }

@@ -15,13 +15,12 @@ use clap::Args;
 use serde_json::json;
 
 use super::ModelArgs;
-use super::bench::machine_description;
+use super::bench::write_report;
 use crate::asyncthink::executor::{EpisodeOutcome, ExecutorConfig, Script, run_episodes};
 use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, EngineStats, SamplingParams};
 use crate::model::Qwen3;
 use crate::tokenizer::Tokenizer;
-use crate::util::write_atomic;
 use crate::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -252,20 +251,9 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
         );
         rows.push(row);
     }
-    let report = json!({
-        "engine": "asyncthink",
-        "backend": "cpu",
-        "commit": option_env!("ASYNCTHINK_COMMIT").unwrap_or("unknown"),
-        "model": source.describe(),
-        "machine": machine_description(),
-        "threads": rayon::current_num_threads(),
+    let figures = json!({
         "worker_words": args.worker_words,
         "results": rows,
     });
-    let text = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.out {
-        write_atomic(path, text.as_bytes())?;
-    }
-    println!("{text}");
-    Ok(())
+    write_report(&source.describe(), figures, args.out.as_deref())
 }

@@ -19,7 +19,7 @@ use crate::asyncthink::executor::{ExecutorConfig, run_episodes};
 use crate::backend::TrainBackend;
 use crate::engine::{Engine, EngineConfig};
 use crate::model::Qwen3;
-use crate::model::save::{ExtraFiles, save_checkpoint};
+use crate::model::save::ExtraFiles;
 use crate::tasks::Verdict;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -281,16 +281,14 @@ impl<'t, B: TrainBackend> GrpoTrainer<'t, B> {
 
     /// Weights, config, tokenizer files, optimizer moments and the loop state.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let mut files = self.extra_files.clone();
-        files.push((
-            "optimizer.safetensors".into(),
-            self.optimizer.moments_bytes(&self.model)?,
-        ));
-        files.push((
-            "grpo_state.json".into(),
-            serde_json::to_vec_pretty(&self.state)?,
-        ));
-        save_checkpoint(&self.model, dir, &files)
+        super::save_training_checkpoint(
+            &self.model,
+            &self.optimizer,
+            dir,
+            &self.extra_files,
+            "grpo_state.json",
+            &self.state,
+        )
     }
 
     /// Continues from `save`'s directory: weights are loaded by the caller (`model`).

@@ -14,3 +14,29 @@ pub mod sft_data;
 
 pub use batch::TrainBatch;
 pub use grad::{Gradients, LossReport, loss_and_grad};
+
+use std::path::Path;
+
+use crate::Result;
+use crate::backend::TrainBackend;
+use crate::model::Qwen3;
+use crate::model::save::{ExtraFiles, save_checkpoint};
+
+/// A resumable training checkpoint: the Hugging Face directory plus the AdamW moments and
+/// the trainer's own state as `state_file` (SFT and GRPO differ only in that state).
+pub fn save_training_checkpoint<B: TrainBackend>(
+    model: &Qwen3<B>,
+    optimizer: &optim::AdamW<B>,
+    dir: &Path,
+    extra_files: &ExtraFiles,
+    state_file: &str,
+    state: &impl serde::Serialize,
+) -> Result<()> {
+    let mut files = extra_files.clone();
+    files.push((
+        "optimizer.safetensors".into(),
+        optimizer.moments_bytes(model)?,
+    ));
+    files.push((state_file.into(), serde_json::to_vec_pretty(state)?));
+    save_checkpoint(model, dir, &files)
+}

@@ -12,7 +12,7 @@ use super::optim::{AdamW, OptimConfig};
 use super::sft_data::{DataPosition, SftExample, SftLoader};
 use crate::backend::TrainBackend;
 use crate::model::Qwen3;
-use crate::model::save::{ExtraFiles, save_checkpoint};
+use crate::model::save::ExtraFiles;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,16 +248,14 @@ impl<B: TrainBackend> SftTrainer<B> {
 
     /// Weights (HF layout), config, tokenizer files, optimizer moments and trainer state.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let mut files = self.extra_files.clone();
-        files.push((
-            "optimizer.safetensors".into(),
-            self.optimizer.moments_bytes(&self.model)?,
-        ));
-        files.push((
-            "trainer_state.json".into(),
-            serde_json::to_vec_pretty(&self.state)?,
-        ));
-        save_checkpoint(&self.model, dir, &files)
+        super::save_training_checkpoint(
+            &self.model,
+            &self.optimizer,
+            dir,
+            &self.extra_files,
+            "trainer_state.json",
+            &self.state,
+        )
     }
 }
 

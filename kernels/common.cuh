@@ -41,6 +41,18 @@ __device__ float block_sum(float v, float* scratch) {
     return warp_sum(v);
 }
 
+// Maximum over the whole block; every thread gets the result. `scratch` holds 32 floats.
+__device__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : -INFINITY;
+    return warp_max(v);
+}
+
 // Element offset, inside one layer's pool, of (slot, head): [block][head][pos_in_block][head_dim].
 __device__ __forceinline__ u64 kv_slot_offset(u32 slot, int head, int num_kv_heads, int block_size,
                                               int head_dim) {

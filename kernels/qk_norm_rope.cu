@@ -77,3 +77,53 @@ extern "C" __global__ void write_kv(const bf16* __restrict__ k, const bf16* __re
         v_cache[dst + i] = v[src + i];
     }
 }
+
+// ---- backward ----
+// Per (row, head) of q or k, from the projection's output x (before the transform) and the
+// gradient g at the transform's output, in place of g:
+//   RoPE is a rotation, so dn = rotation of g by the opposite angle:
+//     dn[i] = g[i]·cos + g[i+h]·sin,  dn[i+h] = g[i+h]·cos − g[i]·sin   (h = head_dim / 2)
+//   then the RMSNorm backward: dx = r·(w·dn − x̂·mean(x̂·w·dn)), dw += dn·x̂.
+// dw goes to this block's row of `partials` ([gridDim.x, head_dim]), summed in order by
+// colsum_accumulate (rmsnorm.cu) so the result is reproducible.
+// Launch: grid (min(rows * heads, 1024)), block (64); thread t owns the pair (t, t + h), so
+// head_dim <= 128 (checked on the host).
+extern "C" __global__ void __launch_bounds__(64)
+qk_norm_rope_backward(const bf16* __restrict__ pre, bf16* __restrict__ grad, const bf16* __restrict__ w,
+                      const u32* __restrict__ positions, const float* __restrict__ inv_freq,
+                      float* __restrict__ partials, int rows, int heads, int head_dim, float eps) {
+    __shared__ float scratch[32];
+    const int half = head_dim / 2, i = threadIdx.x;
+    const bool owner = i < half;
+    const float wa = owner ? to_f32(w[i]) : 0.0f, wb = owner ? to_f32(w[i + half]) : 0.0f;
+    float dwa = 0.0f, dwb = 0.0f;
+    const u64 items = (u64)rows * heads;
+    for (u64 item = blockIdx.x; item < items; item += gridDim.x) {
+        const u64 off = item * head_dim;
+        float xa = 0.0f, xb = 0.0f, dna = 0.0f, dnb = 0.0f;
+        if (owner) {
+            xa = to_f32(pre[off + i]);
+            xb = to_f32(pre[off + i + half]);
+            float s, c;
+            sincosf((float)positions[item / heads] * inv_freq[i], &s, &c);
+            const float ga = to_f32(grad[off + i]), gb = to_f32(grad[off + i + half]);
+            dna = ga * c + gb * s;
+            dnb = gb * c - ga * s;
+        }
+        const float ss = block_sum(xa * xa + xb * xb, scratch);
+        const float dot = block_sum(xa * wa * dna + xb * wb * dnb, scratch);
+        const float inv = 1.0f / sqrtf(ss / (float)head_dim + eps);
+        const float mean_dot = inv * dot / (float)head_dim;
+        if (owner) {
+            const float xha = xa * inv, xhb = xb * inv;
+            grad[off + i] = to_bf16(inv * (wa * dna - xha * mean_dot));
+            grad[off + i + half] = to_bf16(inv * (wb * dnb - xhb * mean_dot));
+            dwa += dna * xha;
+            dwb += dnb * xhb;
+        }
+    }
+    if (owner) {
+        partials[(u64)blockIdx.x * head_dim + i] = dwa;
+        partials[(u64)blockIdx.x * head_dim + i + half] = dwb;
+    }
+}

@@ -56,3 +56,49 @@ extern "C" __global__ void add_assign(bf16* __restrict__ residual, const bf16* _
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) residual[i] = to_bf16(to_f32(residual[i]) + to_f32(delta[i]));
 }
+
+// ---- backward ----
+// With r = 1/sqrt(mean(x^2) + eps) and x̂ = x·r (y = x̂·w):
+//   dx = r·(w·dy − x̂·mean(x̂·w·dy)),   dw = Σ_rows dy·x̂.
+// dw is summed without atomics, so a step is reproducible bit for bit: block b sums the rows
+// b, b + gridDim.x, … into its own row of `partials` ([gridDim.x, cols] f32), and
+// colsum_accumulate adds those rows into dw in block order.
+// Launch: grid (min(rows, 256)), block (256), dynamic shared memory cols * 4 bytes.
+extern "C" __global__ void rms_norm_backward(const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                             const bf16* __restrict__ dy, bf16* __restrict__ dx,
+                                             float* __restrict__ partials, int rows, int cols,
+                                             float eps) {
+    extern __shared__ float dw_s[];
+    __shared__ float scratch[32];
+    // Each thread only ever touches its own columns of dw_s: no barrier around it.
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) dw_s[i] = 0.0f;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const u64 off = (u64)r * cols;
+        float ss = 0.0f, dot = 0.0f;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+            const float v = to_f32(x[off + i]);
+            ss += v * v;
+            dot += v * to_f32(w[i]) * to_f32(dy[off + i]);
+        }
+        ss = block_sum(ss, scratch);
+        dot = block_sum(dot, scratch);
+        const float inv = 1.0f / sqrtf(ss / (float)cols + eps);
+        const float mean_dot = inv * dot / (float)cols;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+            const float xh = to_f32(x[off + i]) * inv, g = to_f32(dy[off + i]);
+            dx[off + i] = to_bf16(inv * (to_f32(w[i]) * g - xh * mean_dot));
+            dw_s[i] += g * xh;
+        }
+    }
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) partials[(u64)blockIdx.x * cols + i] = dw_s[i];
+}
+
+// dw[c] += Σ_b partials[b, c], b in order. Launch: grid (ceil(cols / 256)), block (256).
+extern "C" __global__ void colsum_accumulate(const float* __restrict__ partials, int parts, int cols,
+                                             float* __restrict__ dw) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    float s = 0.0f;
+    for (int b = 0; b < parts; ++b) s += partials[(u64)b * cols + c];
+    dw[c] += s;
+}

@@ -129,6 +129,9 @@ pub trait TrainBackend: Backend + Clone {
     type Grad: Send + Sync;
     /// AdamW moments of one weight.
     type OptState: Send + Sync;
+    /// Per-(row, head) f32 statistics (attention's log-sum-exp), kept in full precision
+    /// whatever the activations' dtype: the backward recomputes exp(s − L) from it.
+    type Stats: Send + Sync;
 
     /// A parameter in the precision training updates (f32 master weights).
     fn load_master_weight(&self, t: &HostTensor<'_>) -> Result<Self::Weight>;
@@ -189,7 +192,7 @@ pub trait TrainBackend: Backend + Clone {
         v: &Self::Tensor,
         bounds: &[usize],
         shape: AttentionShape,
-    ) -> Result<(Self::Tensor, Self::Tensor)>;
+    ) -> Result<(Self::Tensor, Self::Stats)>;
     #[allow(clippy::too_many_arguments)]
     fn varlen_attention_backward(
         &self,
@@ -197,7 +200,7 @@ pub trait TrainBackend: Backend + Clone {
         k: &Self::Tensor,
         v: &Self::Tensor,
         out: &Self::Tensor,
-        lse: &Self::Tensor,
+        lse: &Self::Stats,
         d_out: &Self::Tensor,
         bounds: &[usize],
         shape: AttentionShape,

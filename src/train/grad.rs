@@ -20,7 +20,7 @@ struct Saved<B: TrainBackend> {
     k: B::Tensor,
     v: B::Tensor,
     attn: B::Tensor,
-    lse: B::Tensor,
+    lse: B::Stats,
     h_mid: B::Tensor,
     b: B::Tensor,
     gate: B::Tensor,

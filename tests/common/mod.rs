@@ -1,6 +1,9 @@
 //! Shared by the integration tests: fixture paths and the committed transformers references.
 #![allow(dead_code)]
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
+
 use std::path::{Path, PathBuf};
 
 use asyncthink::backend::cpu::CpuBackend;

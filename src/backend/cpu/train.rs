@@ -35,6 +35,7 @@ fn check_len(op: &str, g: &[f32], n: usize) -> Result<()> {
 impl TrainBackend for CpuBackend {
     type Grad = Vec<f32>;
     type OptState = (Vec<f32>, Vec<f32>);
+    type Stats = CpuTensor;
 
     fn load_master_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight> {
         Ok(CpuWeight::F32 {

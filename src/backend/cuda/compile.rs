@@ -25,25 +25,31 @@ pub const KERNELS: &[KernelFile] = &[
     KernelFile {
         name: "embedding",
         source: include_str!("../../../kernels/embedding.cu"),
-        functions: &["embedding_gather"],
+        functions: &["embedding_gather", "embedding_backward"],
         no_spill: false,
     },
     KernelFile {
         name: "rmsnorm",
         source: include_str!("../../../kernels/rmsnorm.cu"),
-        functions: &["rms_norm", "add_rms_norm", "add_assign"],
+        functions: &[
+            "rms_norm",
+            "add_rms_norm",
+            "add_assign",
+            "rms_norm_backward",
+            "colsum_accumulate",
+        ],
         no_spill: true,
     },
     KernelFile {
         name: "qk_norm_rope",
         source: include_str!("../../../kernels/qk_norm_rope.cu"),
-        functions: &["qk_norm_rope", "write_kv"],
+        functions: &["qk_norm_rope", "write_kv", "qk_norm_rope_backward"],
         no_spill: true,
     },
     KernelFile {
         name: "swiglu",
         source: include_str!("../../../kernels/swiglu.cu"),
-        functions: &["swiglu"],
+        functions: &["swiglu", "swiglu_backward"],
         no_spill: false,
     },
     KernelFile {
@@ -57,6 +63,29 @@ pub const KERNELS: &[KernelFile] = &[
         source: include_str!("../../../kernels/attention_prefill.cu"),
         functions: &["attention_prefill"],
         no_spill: true,
+    },
+    KernelFile {
+        name: "attention_varlen",
+        source: include_str!("../../../kernels/attention_varlen.cu"),
+        functions: &[
+            "attention_varlen_fwd",
+            "attention_varlen_row_dot",
+            "attention_varlen_bwd_dq",
+            "attention_varlen_bwd_dkdv",
+        ],
+        no_spill: true,
+    },
+    KernelFile {
+        name: "cross_entropy",
+        source: include_str!("../../../kernels/cross_entropy.cu"),
+        functions: &["ce_chunk_stats", "ce_chunk_grad", "ce_scatter_rows"],
+        no_spill: false,
+    },
+    KernelFile {
+        name: "adamw",
+        source: include_str!("../../../kernels/adamw.cu"),
+        functions: &["adamw", "sq_norm_partials"],
+        no_spill: false,
     },
     KernelFile {
         name: "sampling",

@@ -8,10 +8,15 @@ pub mod probe;
 pub mod ptxas;
 
 mod attention;
+mod attention_varlen;
+mod blas;
 mod device;
+mod loss;
 mod ops;
 mod sampling;
+mod train;
 
 pub use device::CudaBackend;
 pub use ops::{CudaKvCache, CudaTensor, CudaWeight};
 pub use sampling::RowSampling;
+pub use train::{CudaAdamState, CudaStats};

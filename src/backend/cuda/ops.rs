@@ -1,11 +1,11 @@
 //! `Backend` for `CudaBackend`: every op checks shapes on the host, then launches one of our
 //! kernels (or cuBLAS for `linear`) on the backend's stream.
 
-use cudarc::cublas::{Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::bf16;
 
 use super::attention;
+use super::blas::Product;
 use super::device::{CudaBackend, cuda_err, elementwise, grid};
 use crate::backend::{AttentionShape, Backend};
 use crate::kv::KvLayout;
@@ -21,20 +21,23 @@ pub struct CudaTensor {
     pub cols: usize,
 }
 
-/// A parameter, bf16 on the device whatever the checkpoint's dtype (uploaded once).
+/// A parameter, bf16 on the device whatever the checkpoint's dtype (uploaded once). A weight
+/// loaded for training also keeps its f32 master copy, which AdamW updates and re-rounds into
+/// `data` (what every forward and backward product reads).
 pub struct CudaWeight {
     pub data: CudaSlice<bf16>,
     pub shape: Vec<usize>,
+    pub master: Option<CudaSlice<f32>>,
 }
 
 impl CudaWeight {
-    fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         self.shape.first().copied().unwrap_or(1)
     }
-    fn cols(&self) -> usize {
+    pub(super) fn cols(&self) -> usize {
         self.shape.iter().skip(1).product()
     }
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.shape.iter().product()
     }
 }
@@ -54,7 +57,7 @@ pub(super) fn launch_err(op: &'static str) -> impl Fn(cudarc::driver::DriverErro
     move |e| cuda_err(format!("launch of {op}: {e:?}"))
 }
 
-fn same_shape(op: &str, a: &CudaTensor, b: &CudaTensor) -> Result<()> {
+pub(super) fn same_shape(op: &str, a: &CudaTensor, b: &CudaTensor) -> Result<()> {
     if (a.rows, a.cols) != (b.rows, b.cols) {
         return Err(shape_err(
             op,
@@ -65,7 +68,7 @@ fn same_shape(op: &str, a: &CudaTensor, b: &CudaTensor) -> Result<()> {
 }
 
 impl CudaBackend {
-    fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+    pub(super) fn tensor(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
         Ok(CudaTensor {
             data: self.alloc_bf16(rows * cols)?,
             rows,
@@ -74,7 +77,12 @@ impl CudaBackend {
     }
 
     /// `out[r] = table[ids[r]]` for a device table of `cols`-wide rows (embedding and gather).
-    fn gather(&self, table: &CudaSlice<bf16>, ids: &[u32], cols: usize) -> Result<CudaTensor> {
+    pub(super) fn gather(
+        &self,
+        table: &CudaSlice<bf16>,
+        ids: &[u32],
+        cols: usize,
+    ) -> Result<CudaTensor> {
         let mut out = self.tensor(ids.len(), cols)?;
         if ids.is_empty() {
             return Ok(out);
@@ -289,6 +297,7 @@ impl Backend for CudaBackend {
         Ok(CudaWeight {
             data: self.upload(&t.to_bf16())?,
             shape: t.shape.clone(),
+            master: None,
         })
     }
 
@@ -398,29 +407,14 @@ impl Backend for CudaBackend {
         if m == 0 {
             return Ok(y);
         }
-        // Row-major y[m,n] = x[m,k]·W[n,k]ᵀ is column-major yᵀ[n,m] = W·xᵀ with W read
-        // transposed: bf16 in and out, f32 accumulation (cudarc's bf16 gemm is cublasGemmEx
-        // with CUBLAS_COMPUTE_32F).
-        let cfg = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_T,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: bf16::ONE,
-            lda: k as i32,
-            ldb: k as i32,
-            beta: bf16::ZERO,
-            ldc: n as i32,
-        };
-        // SAFETY: W holds n*k, x holds m*k and y m*n elements, matching the leading
-        // dimensions above.
-        unsafe {
-            self.inner
-                .blas
-                .gemm(cfg, &weight.data, &x.data, &mut y.data)
-        }
-        .map_err(|e| cuda_err(format!("cuBLAS gemm {m}x{k}x{n}: {e:?}")))?;
+        self.gemm(
+            Product::XWt,
+            (m, n, k),
+            &weight.data,
+            &x.data,
+            &mut y.data,
+            0.0,
+        )?;
         Ok(y)
     }
 

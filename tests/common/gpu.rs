@@ -1,0 +1,84 @@
+//! Shared by the GPU tests: the device (or a printed skip), deterministic bf16-exact random
+//! inputs, and the comparisons against the CPU reference.
+
+use asyncthink::backend::cuda::CudaBackend;
+use half::bf16;
+
+/// The device with every fresh buffer poisoned (NaN), or None after printing why the test
+/// skips (no driver, device, NVRTC, cuBLAS or CUDA headers).
+pub fn gpu(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => {
+            b.set_poison(true);
+            Some(b)
+        }
+        Err(e) => {
+            eprintln!("{test}: skipped: {e}");
+            None
+        }
+    }
+}
+
+/// Deterministic values in [-scale, scale], already representable in bf16.
+pub fn rand_bf16(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
+        })
+        .collect()
+}
+
+pub fn round_bf16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+}
+
+/// Elementwise: |got − want| ≤ tol·(1 + |want|).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(
+            err <= tol * (1.0 + w.abs()),
+            "{what}: element {i}: gpu {g} vs cpu {w} (tolerance {tol} relative)"
+        );
+        worst = worst.max(err);
+    }
+    println!("{what}: max abs err {worst:.2e} over {} values", got.len());
+}
+
+/// Norm-wise: ‖got − want‖₂ ≤ tol·‖want‖₂, and no element off by more than 4·tol·max|want|
+/// (a wrong index hides in a norm; it cannot hide in both).
+pub fn assert_rel(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum::<f64>().sqrt();
+    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let rel = diff / norm.max(1e-30);
+    assert!(
+        rel <= tol as f64 && worst <= 4.0 * tol * max.max(1e-30),
+        "{what}: relative error {rel:.2e}, worst element {worst:.2e} of max {max:.2e} (tolerance {tol})"
+    );
+    println!("{what}: relative error {rel:.2e}, worst element {worst:.2e}");
+}

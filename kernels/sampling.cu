@@ -59,16 +59,6 @@ __device__ __forceinline__ float counter_uniform(u64 seed, u64 step) {
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-// Largest float over the block; every thread gets it. `scratch` holds 32 floats.
-__device__ float block_max(float v, float* scratch) {
-    v = warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = (threadIdx.x & 31) < (blockDim.x >> 5) ? scratch[threadIdx.x & 31] : -INFINITY;
-    return warp_max(v);
-}
-
 struct Row {
     const bf16* x;
     int vocab;

@@ -9,6 +9,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
+use super::generate::Device;
+use crate::backend::TrainBackend;
 use crate::backend::cpu::CpuBackend;
 use crate::train::optim::OptimConfig;
 use crate::train::plot::loss_curve_svg;
@@ -57,10 +59,26 @@ pub struct SftArgs {
     /// Recompute each layer's activations in backward instead of keeping them.
     #[arg(long)]
     pub activation_checkpointing: bool,
+    /// Where training runs: cpu (f32), or cuda (GPU 0: bf16 weights and activations, f32
+    /// master weights, gradients and AdamW moments).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
 }
 
 pub fn run(args: SftArgs) -> Result<()> {
     args.model.init_threads()?;
+    match args.device {
+        Device::Cpu => run_on(args, CpuBackend),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => run_on(args, crate::backend::cuda::CudaBackend::new(0)?),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(Error::InvalidInput(
+            "--device cuda: this binary was built without the `cuda` feature".into(),
+        )),
+    }
+}
+
+fn run_on<B: TrainBackend>(args: SftArgs, backend: B) -> Result<()> {
     let source = args.model.source();
     let extra = source.tokenizer_files()?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
@@ -77,10 +95,10 @@ pub fn run(args: SftArgs) -> Result<()> {
                 Some(p) => load_jsonl(p, &tokenizer, state.config.max_len)?,
                 None => Vec::new(),
             };
-            SftTrainer::resume(CpuBackend, dir, train, eval, extra)?
+            SftTrainer::resume(backend, dir, train, eval, extra)?
         }
         None => {
-            let (model, tokenizer) = source.load_for_training(CpuBackend)?;
+            let (model, tokenizer) = source.load_for_training(backend)?;
             let config = SftConfig {
                 steps: args.steps,
                 batch_tokens: args.batch_tokens,

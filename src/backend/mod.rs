@@ -106,6 +106,11 @@ pub trait Backend: Send + Sync {
     /// The listed rows, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Bytes of device memory in use (total − free), where the backend has a device of its
+    /// own; the CPU reports nothing (its memory is the process's RSS).
+    fn device_memory_used(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// AdamW hyperparameters of one step (the learning rate already scheduled).

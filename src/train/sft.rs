@@ -72,12 +72,16 @@ pub struct StepLog {
     pub eval_loss: Option<f64>,
     /// Peak resident memory of the process so far.
     pub peak_rss_mb: f64,
+    /// Largest device memory in use seen after a step so far (GPU backends).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_device_mb: Option<f64>,
 }
 
 pub struct SftTrainer<B: TrainBackend> {
     pub model: Qwen3<B>,
     pub optimizer: AdamW<B>,
     grads: Gradients<B>,
+    peak_device_mb: f64,
     loader: SftLoader,
     eval: Vec<TrainBatch>,
     pub state: TrainerState,
@@ -146,6 +150,7 @@ impl<B: TrainBackend> SftTrainer<B> {
             model,
             optimizer,
             grads,
+            peak_device_mb: 0.0,
             loader,
             eval,
             state,
@@ -230,7 +235,14 @@ impl<B: TrainBackend> SftTrainer<B> {
             tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
             eval_loss,
             peak_rss_mb: peak_rss_mb(),
+            peak_device_mb: self.peak_device_mb(),
         })
+    }
+
+    fn peak_device_mb(&mut self) -> Option<f64> {
+        let now = self.model.backend.device_memory_used()? as f64 / (1 << 20) as f64;
+        self.peak_device_mb = self.peak_device_mb.max(now);
+        Some(self.peak_device_mb)
     }
 
     /// Mean loss per trainable token over the evaluation set (forward only, no update).

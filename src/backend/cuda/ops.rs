@@ -548,6 +548,11 @@ impl Backend for CudaBackend {
         self.gather(&x.data, rows, x.cols)
     }
 
+    fn device_memory_used(&self) -> Option<u64> {
+        let (free, total) = self.inner.ctx.mem_get_info().ok()?;
+        Some(total.saturating_sub(free) as u64)
+    }
+
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
         let mut v = self.download(&x.data)?;
         v.truncate(x.rows * x.cols);

@@ -11,6 +11,7 @@ mod attention;
 mod device;
 mod ops;
 mod sampling;
+mod timing;
 
 pub use device::CudaBackend;
 pub use ops::{CudaKvCache, CudaTensor, CudaWeight};

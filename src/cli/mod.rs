@@ -4,6 +4,7 @@ mod batch;
 mod bench;
 mod bench_batch;
 mod bench_executor;
+mod bench_gpu;
 pub mod data;
 mod demo;
 pub mod eval;
@@ -47,6 +48,9 @@ pub enum Command {
     BenchBatch(bench_batch::BenchBatchArgs),
     /// Measure the AsyncThink executor against the engine with a scripted policy; writes JSON.
     BenchExecutor(bench_executor::BenchExecutorArgs),
+    /// Every GPU figure in one run: copy bandwidth, GEMM, paged attention, batch-1 decode
+    /// and offline throughput of a random Qwen3-0.6B-shaped model; writes JSON.
+    BenchGpu(bench_gpu::BenchGpuArgs),
     /// The whole pipeline at a tiny scale: traces, SFT, GRPO, AsyncThink vs baselines.
     Demo(demo::DemoArgs),
     /// One question through the AsyncThink executor (organizer + workers).
@@ -129,6 +133,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::BenchBatch(a) => bench_batch::run(a),
         Command::BenchExecutor(a) => bench_executor::run(a),
+        Command::BenchGpu(a) => bench_gpu::run(a),
         Command::Data { cmd } => data::run(cmd),
         Command::Sft(a) => sft::run(a),
         Command::Think(a) => think::run(a),

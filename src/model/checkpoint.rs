@@ -13,10 +13,12 @@ use safetensors::{Dtype, SafeTensors, tensor::Metadata};
 use super::config::DType;
 use crate::{Error, Result};
 
-/// A shard's bytes: mapped from disk, or compiled into the binary (the embedded default model).
+/// A shard's bytes: mapped from disk, compiled into the binary (the embedded default model),
+/// or built in memory (random benchmark checkpoints).
 enum ShardBytes {
     Mapped(Mmap),
     Static(&'static [u8]),
+    Owned(Vec<u8>),
 }
 
 impl std::ops::Deref for ShardBytes {
@@ -25,6 +27,7 @@ impl std::ops::Deref for ShardBytes {
         match self {
             ShardBytes::Mapped(m) => m,
             ShardBytes::Static(s) => s,
+            ShardBytes::Owned(v) => v,
         }
     }
 }
@@ -102,6 +105,22 @@ impl Checkpoint {
     /// A single-file checkpoint held in memory; `name` labels it in errors.
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
         let shard = Shard::parse(PathBuf::from(name), ShardBytes::Static(bytes))?;
+        let location = shard
+            .metadata
+            .tensors()
+            .keys()
+            .map(|k| (k.clone(), 0))
+            .collect();
+        Ok(Checkpoint {
+            origin: shard.path.clone(),
+            shards: vec![shard],
+            location,
+        })
+    }
+
+    /// A single-file checkpoint built in memory (safetensors bytes); `name` labels it in errors.
+    pub fn from_owned(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        let shard = Shard::parse(PathBuf::from(name), ShardBytes::Owned(bytes))?;
         let location = shard
             .metadata
             .tensors()

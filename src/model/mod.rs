@@ -4,6 +4,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod qwen3;
+pub mod random;
 pub mod rope;
 pub mod save;
 pub mod source;

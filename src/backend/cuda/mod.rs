@@ -14,6 +14,7 @@ mod device;
 mod loss;
 mod ops;
 mod sampling;
+mod timing;
 mod train;
 
 pub use device::CudaBackend;

@@ -7,6 +7,9 @@
 //!   the floor of reading every weight once per token at the copy bandwidth.
 //! - Offline throughput of that model: nano-vllm's benchmark (256 sequences, input and output
 //!   lengths uniform in 100..=1024, EOS ignored).
+//! - Training steps of that model (bf16, f32 masters, AdamW) at sequence length 2048: tokens/s,
+//!   model FLOP/s and MFU against the measured GEMM ceiling, peak memory with and without
+//!   activation checkpointing, and the attention backward's TFLOP/s.
 //!
 //! Timings are medians of several repetitions after warm-up ones, timed with CUDA events on
 //! the backend's stream after draining it (the engine figures: wall clock, each step ending
@@ -17,6 +20,8 @@
 mod engine;
 #[cfg(feature = "cuda")]
 mod kernels;
+#[cfg(feature = "cuda")]
+mod training;
 
 use std::path::PathBuf;
 
@@ -37,7 +42,7 @@ pub struct BenchGpuArgs {
     #[arg(long, default_value_t = 0)]
     pub device: usize,
     /// Only these measurements, comma-separated: gemm, decode-attention, prefill-attention,
-    /// decode, throughput (the copy bandwidth is always measured: the others refer to it).
+    /// decode, throughput, training (the copy bandwidth is always measured: the others refer to it).
     #[arg(long)]
     pub only: Option<String>,
     #[arg(long, default_value_t = 0)]
@@ -92,6 +97,12 @@ pub struct BenchGpuArgs {
     /// reserve, capped at what every sequence at full length needs].
     #[arg(long)]
     pub kv_blocks: Option<usize>,
+    /// Tokens per training sequence [default: 2048, quick 128].
+    #[arg(long)]
+    pub train_seq_len: Option<usize>,
+    /// Sequences per training step [default: 4, quick 2].
+    #[arg(long)]
+    pub train_seqs: Option<usize>,
 }
 
 /// Every size the benchmark uses, after `--quick` and the flags.
@@ -113,6 +124,8 @@ pub struct Sizes {
     pub throughput_repeats: usize,
     pub max_batched_tokens: usize,
     pub kv_blocks: Option<usize>,
+    pub train_seq_len: usize,
+    pub train_seqs: usize,
 }
 
 impl Sizes {
@@ -137,6 +150,8 @@ impl Sizes {
             throughput_repeats: pick(a.throughput_repeats, 1, 1),
             max_batched_tokens: pick(a.max_batched_tokens, 16384, 16384),
             kv_blocks: a.kv_blocks,
+            train_seq_len: pick(a.train_seq_len, 2048, 128),
+            train_seqs: pick(a.train_seqs, 4, 2),
         };
         let positive = [
             ("--repeats", s.repeats),
@@ -152,6 +167,8 @@ impl Sizes {
             ("--throughput-repeats", s.throughput_repeats),
             ("--max-batched-tokens", s.max_batched_tokens),
             ("--kv-blocks", s.kv_blocks.unwrap_or(1)),
+            ("--train-seq-len", s.train_seq_len),
+            ("--train-seqs", s.train_seqs),
         ];
         if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::InvalidInput(format!("{flag} must be at least 1")));
@@ -172,12 +189,13 @@ impl Sizes {
 }
 
 /// The measurements `--only` can pick.
-pub const PARTS: [&str; 5] = [
+pub const PARTS: [&str; 6] = [
     "gemm",
     "decode-attention",
     "prefill-attention",
     "decode",
     "throughput",
+    "training",
 ];
 
 /// `--only`'s list, checked against `PARTS`; every part when absent.
@@ -303,8 +321,11 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
         "ceilings": { "copy": copy },
     });
     let wanted = |p: &str| parts.contains(&p);
+    let mut gemm_tflops = None;
     if wanted("gemm") {
-        figures["ceilings"]["gemm"] = record("gemm", kernels::gemm(&be, sizes));
+        let g = kernels::gemm(&be, sizes);
+        gemm_tflops = g.as_ref().ok().and_then(|v| v["tflop_s"].as_f64());
+        figures["ceilings"]["gemm"] = record("gemm", g);
     }
     if wanted("decode-attention") {
         let r = kernels::decode_attention(&be, sizes, args.seed, copy_gbs);
@@ -330,7 +351,10 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
             Err(e) => figures["model_shape"] = record("model", Err(e)),
         }
     }
-    figures["training"] = training(&be);
+    if wanted("training") {
+        let r = training::training(&be, sizes, args.seed, gemm_tflops);
+        figures["training"] = record("training", r);
+    }
 
     let model = format!(
         "random weights, Qwen3-0.6B shape, {} layers (bf16)",
@@ -378,16 +402,6 @@ fn device_line(d: &serde_json::Value) -> String {
         Some(v) => format!("{name}, driver {v} (CUDA {cuda})"),
         None => format!("{name}, driver CUDA {cuda}"),
     }
-}
-
-/// Training figures (step time, tokens/s, MFU of SFT and GRPO steps) go here once the CUDA
-/// backend implements `TrainBackend`; until then the report says why there are none.
-#[cfg(feature = "cuda")]
-fn training(_be: &crate::backend::cuda::CudaBackend) -> serde_json::Value {
-    serde_json::json!({
-        "measured": false,
-        "reason": "the CUDA backend does not implement TrainBackend yet",
-    })
 }
 
 #[cfg(test)]

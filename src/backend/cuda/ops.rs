@@ -549,7 +549,7 @@ impl Backend for CudaBackend {
     }
 
     fn device_memory_used(&self) -> Option<u64> {
-        let (free, total) = self.inner.ctx.mem_get_info().ok()?;
+        let (free, total) = self.memory_info().ok()?;
         Some(total.saturating_sub(free) as u64)
     }
 

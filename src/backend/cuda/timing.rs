@@ -69,3 +69,55 @@ impl CudaBackend {
             .collect()
     }
 }
+
+impl CudaBackend {
+    /// The device's default memory pool, which cudarc's stream-ordered allocations draw from.
+    fn default_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: the context is live; the call writes one pool handle through a pointer to a
+        // live local.
+        unsafe {
+            cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.inner.ctx.cu_device())
+        }
+        .result()
+        .map_err(|e| cuda_err(format!("default memory pool: {e:?}")))?;
+        Ok(pool)
+    }
+
+    /// The most bytes the default pool has had in use since the last `reset_peak_memory`:
+    /// the true high-water mark of the backend's buffers (not a sample after the fact).
+    pub fn peak_memory_bytes(&self) -> Result<u64> {
+        use cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        let pool = self.default_pool()?;
+        let mut v = 0u64;
+        // SAFETY: a valid pool handle; USED_MEM_HIGH is a u64 attribute written into `v`.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolGetAttribute(
+                pool,
+                CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut v) as *mut u64 as *mut _,
+            )
+        }
+        .result()
+        .map_err(|e| cuda_err(format!("memory pool peak: {e:?}")))?;
+        Ok(v)
+    }
+
+    /// Starts a new high-water mark for `peak_memory_bytes`.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        use cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        self.synchronize()?;
+        let pool = self.default_pool()?;
+        let mut zero = 0u64;
+        // SAFETY: a valid pool handle; resetting USED_MEM_HIGH takes a u64 zero.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero) as *mut u64 as *mut _,
+            )
+        }
+        .result()
+        .map_err(|e| cuda_err(format!("memory pool peak reset: {e:?}")))
+    }
+}

@@ -220,6 +220,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         tau: 0.5,
         format_error_reward: -1.0,
         checkpoint_every: 0,
+        device: super::generate::Device::Cpu,
         resume: None,
         executor: executor(args.capacity, args.seed, 0.7),
     };

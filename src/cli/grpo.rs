@@ -8,7 +8,9 @@ use clap::Args;
 
 use super::ModelArgs;
 use super::data::TaskName;
+use super::generate::Device;
 use super::think::{ExecutorArgs, register_tags};
+use crate::backend::TrainBackend;
 use crate::backend::cpu::CpuBackend;
 use crate::engine::EngineConfig;
 use crate::tasks::Task;
@@ -65,6 +67,10 @@ pub struct GrpoArgs {
     pub format_error_reward: f64,
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: u64,
+    /// Where rollouts and updates run: cpu, or cuda (GPU 0; one bf16 copy of the weights
+    /// serves both, with f32 masters for AdamW).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     /// Continue from a directory written by this command.
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -105,7 +111,7 @@ impl GrpoArgs {
     }
 }
 
-fn train<T: Task>(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
+fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStepLog>> {
     let text = std::fs::read_to_string(&args.tasks).map_err(|e| Error::io(&args.tasks, e))?;
     let items: Vec<T::Item> = text
         .lines()
@@ -119,13 +125,15 @@ fn train<T: Task>(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
         .collect::<Result<_>>()?;
     let source = args.model.source();
     let (model, mut tokenizer) = match &args.resume {
-        Some(dir) => crate::model::ModelSource::Dir(dir.clone()).load_for_training(CpuBackend)?,
-        None => source.load_for_training(CpuBackend)?,
+        Some(dir) => {
+            crate::model::ModelSource::Dir(dir.clone()).load_for_training(backend.clone())?
+        }
+        None => source.load_for_training(backend.clone())?,
     };
     let exec = args.executor.config();
     register_tags(&mut tokenizer, &exec, model.config.vocab_size);
     let reference = if args.kl_coef > 0.0 {
-        Some(source.load_for_training(CpuBackend)?.0)
+        Some(source.load_for_training(backend)?.0)
     } else {
         None
     };
@@ -201,11 +209,23 @@ fn train<T: Task>(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
 }
 
 pub fn run_with(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
+    match args.device {
+        Device::Cpu => run_task(args, CpuBackend),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => run_task(args, crate::backend::cuda::CudaBackend::new(0)?),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(Error::InvalidInput(
+            "--device cuda: this binary was built without the `cuda` feature".into(),
+        )),
+    }
+}
+
+fn run_task<B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStepLog>> {
     match args.task {
-        TaskName::Countdown => train::<Countdown>(args),
-        TaskName::MultiCountdown => train::<MultiCountdown>(args),
-        TaskName::Arithmetic => train::<Arithmetic>(args),
-        TaskName::Sudoku => train::<Sudoku>(args),
+        TaskName::Countdown => train::<Countdown, B>(args, backend),
+        TaskName::MultiCountdown => train::<MultiCountdown, B>(args, backend),
+        TaskName::Arithmetic => train::<Arithmetic, B>(args, backend),
+        TaskName::Sudoku => train::<Sudoku, B>(args, backend),
         TaskName::Math => Err(Error::InvalidInput("math items need a dataset".into())),
     }
 }

@@ -280,7 +280,17 @@ fn random_caches(
 const ATTN_TOL: f32 = 1e-2;
 
 fn check_attention(be: &CudaBackend, shape: AttentionShape, chunks: &[(usize, usize)], what: &str) {
-    let block_size = 16;
+    check_attention_paged(be, shape, 16, chunks, what);
+}
+
+/// `chunks`: per sequence, (positions already cached, new tokens).
+fn check_attention_paged(
+    be: &CudaBackend,
+    shape: AttentionShape,
+    block_size: usize,
+    chunks: &[(usize, usize)],
+    what: &str,
+) {
     let max_ctx = chunks.iter().map(|c| c.0 + c.1).max().unwrap_or(1);
     let pages = max_ctx.div_ceil(block_size);
     let layout = KvLayout {
@@ -309,7 +319,7 @@ fn check_attention(be: &CudaBackend, shape: AttentionShape, chunks: &[(usize, us
         .to_host(&be.attention(&qg, &cache, 1, &batch, shape).unwrap())
         .unwrap();
     assert_close(
-        &format!("attention {what} {shape:?} {chunks:?}"),
+        &format!("attention {what} {shape:?} block {block_size} {chunks:?}"),
         &got,
         &want.data,
         ATTN_TOL,
@@ -335,11 +345,26 @@ fn prefill_attention_matches_cpu() {
     let Some(be) = gpu("prefill attention") else {
         return;
     };
-    for shape in shapes() {
+    let s = |num_heads, num_kv_heads, head_dim| AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    };
+    // Beyond shapes(): a group of 3 (3 heads per CTA, 21 rows), a group of 16 (two CTAs per
+    // group), head_dim 96 (padded to 128) and 36 (not a multiple of 8: element-wise loads).
+    let mut all = shapes();
+    all.extend([s(12, 4, 96), s(16, 1, 64), s(2, 2, 36)]);
+    for shape in all {
         check_attention(&be, shape, &[(0, 37)], "prefill");
         // Chunked prefill against cached blocks, mixed with a decode row.
         check_attention(&be, shape, &[(16, 17), (50, 1), (3, 64)], "chunked");
         check_attention(&be, shape, &[(0, 1), (0, 16), (100, 33)], "mixed");
+        // Several query tiles and 64-key tiles; a cached prefix ending on a key-tile boundary.
+        check_attention(&be, shape, &[(0, 130), (64, 65), (1, 1)], "long");
+        // Block sizes that do not divide the 64-key tiles (pages change inside a tile), and
+        // one larger than the chunks.
+        check_attention_paged(&be, shape, 5, &[(7, 23), (0, 9), (12, 1)], "small blocks");
+        check_attention_paged(&be, shape, 32, &[(31, 2), (33, 31)], "large blocks");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Host side of paged attention: checks the batch against the cache, builds the per-row or
 //! per-tile metadata the kernels read, and picks the kernel: the split-KV decode kernel when
-//! every sequence brings one new token, the tiled prefill kernel otherwise (it handles any
-//! mix, including decode rows, at the cost of partly empty tiles).
+//! every sequence brings one new token, the tensor-core prefill kernel otherwise (it handles
+//! any mix, including decode rows, at the cost of partly empty tiles).
 
 use cudarc::driver::PushKernelArg;
 
@@ -14,8 +14,10 @@ use crate::model::batch::ForwardBatch;
 /// Kernel limits (kernels/attention_*.cu): head_dim up to 128, GQA groups up to 8 in decode.
 const MAX_HEAD_DIM: usize = 128;
 const MAX_DECODE_GROUP: usize = 8;
-/// Query rows per prefill tile (PF_ROWS in kernels/attention_prefill.cu).
-const PREFILL_ROWS: usize = 16;
+/// M rows of a prefill CTA (PF_M in kernels/attention_prefill.cu): query rows × packed heads.
+const PREFILL_M: usize = 64;
+/// At most this many query heads of a GQA group share a prefill CTA (and its K/V tiles).
+const MAX_PREFILL_PACK: usize = 8;
 
 pub fn paged_attention(
     be: &CudaBackend,
@@ -135,31 +137,47 @@ pub fn paged_attention(
         return Ok(out);
     }
 
-    // Prefill tiles: {first row, rows, position of the first row, table offset}.
-    let mut tiles = Vec::new();
+    // Prefill: `pack` heads of a group share each CTA (it divides the group, so they share one
+    // KV head), leaving PREFILL_M / pack query rows per tile.
+    let pack = (1..=MAX_PREFILL_PACK.min(group))
+        .rev()
+        .find(|p| group % p == 0)
+        .unwrap_or(1);
+    let rows_per_tile = PREFILL_M / pack;
+    // Tiles {first row, rows, position of the first row, table offset}, the ones reading the
+    // most keys first so that the long CTAs do not start last.
+    let mut tiles: Vec<[u32; 4]> = Vec::new();
     for (s, seq) in batch.seqs.iter().enumerate() {
         let first_pos = seq.context_len - seq.query_len;
-        for t in (0..seq.query_len).step_by(PREFILL_ROWS) {
-            tiles.extend_from_slice(&[
+        for t in (0..seq.query_len).step_by(rows_per_tile) {
+            tiles.push([
                 (seq.query_start + t) as u32,
-                PREFILL_ROWS.min(seq.query_len - t) as u32,
+                rows_per_tile.min(seq.query_len - t) as u32,
                 (first_pos + t) as u32,
                 table_off[s],
             ]);
         }
     }
-    let n_tiles = tiles.len() / 4;
-    if n_tiles == 0 {
+    if tiles.is_empty() {
         return Ok(out);
     }
-    let tiles_d = be.upload(&tiles)?;
-    let mut b = be.stream().launch_builder(be.func("attention_prefill")?);
+    tiles.sort_by_key(|t| std::cmp::Reverse(t[1] + t[2]));
+    let n_tiles = tiles.len();
+    let tiles_d = be.upload(&tiles.concat())?;
+    let name = if head_dim <= 64 {
+        "attention_prefill_d64"
+    } else {
+        "attention_prefill_d128"
+    };
+    let pack_i = pack as i32;
+    let mut b = be.stream().launch_builder(be.func(name)?);
     b.arg(&q.data).arg(&cache.k).arg(&cache.v).arg(&layer_off);
     b.arg(&tiles_d).arg(&tables_d).arg(&mut out.data);
-    b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&scale);
+    b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs);
+    b.arg(&pack_i).arg(&scale);
     // SAFETY: tiles cover rows inside q (checked: query_start + query_len <= rows) and keys
-    // inside each sequence's table; out holds rows × num_heads × head_dim.
-    unsafe { b.launch(grid(n_tiles, num_heads, 1, 128)) }
-        .map_err(launch_err("attention_prefill"))?;
+    // inside each sequence's table; `pack` divides num_heads / num_kv_heads, so the grid's
+    // heads stay inside num_heads; out holds rows × num_heads × head_dim.
+    unsafe { b.launch(grid(n_tiles, num_heads / pack, 1, 128)) }.map_err(launch_err(name))?;
     Ok(out)
 }

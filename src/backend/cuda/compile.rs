@@ -61,7 +61,7 @@ pub const KERNELS: &[KernelFile] = &[
     KernelFile {
         name: "attention_prefill",
         source: include_str!("../../../kernels/attention_prefill.cu"),
-        functions: &["attention_prefill"],
+        functions: &["attention_prefill_d64", "attention_prefill_d128"],
         no_spill: true,
     },
     KernelFile {

@@ -30,16 +30,18 @@ extern "C" __global__ void ce_chunk_stats(const float* __restrict__ logits, int 
     }
 }
 
-// Launch: grid (ceil(width / 256), rows), block (256).
+// Launch: grid (rows, ceil(width / 256)), block (256). Rows go on x: grid.y stops at 65535,
+// and a GRPO step can weight more tokens than that.
 extern "C" __global__ void ce_chunk_grad(const float* __restrict__ logits, int width, int c0,
                                          const u32* __restrict__ targets, const float* __restrict__ lse,
                                          const float* __restrict__ scale, bf16* __restrict__ dlogits) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const u64 row = blockIdx.x;
+    const int i = blockIdx.y * blockDim.x + threadIdx.x;
     if (i >= width) return;
-    const u64 at = (u64)blockIdx.y * width + i;
-    const float p = expf(logits[at] - lse[blockIdx.y]);
-    const float onehot = (int)targets[blockIdx.y] == c0 + i ? 1.0f : 0.0f;
-    dlogits[at] = to_bf16((p - onehot) * scale[blockIdx.y]);
+    const u64 at = row * width + i;
+    const float p = expf(logits[at] - lse[row]);
+    const float onehot = (int)targets[row] == c0 + i ? 1.0f : 0.0f;
+    dlogits[at] = to_bf16((p - onehot) * scale[row]);
 }
 
 // dst[rows[r], :] = src[r, :] (f32 → bf16): the active rows' dh back into the full batch.

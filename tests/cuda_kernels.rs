@@ -14,72 +14,14 @@ use asyncthink::backend::{AttentionShape, Backend};
 use asyncthink::engine::SamplingParams;
 use asyncthink::engine::sampling::{argmax, counter_uniform, sample_with_draw};
 use asyncthink::kv::KvLayout;
-use asyncthink::model::checkpoint::HostTensor;
 use asyncthink::model::rope::Rope;
 use asyncthink::model::{ForwardBatch, Logits, Qwen3};
-use half::bf16;
+use common::gpu::{assert_close, gpu, rand_bf16, round_bf16, weight};
 
 /// Elementwise kernels: the output is one bf16 rounding (relative 2^-9, 8 mantissa bits) of
 /// an f32 result that differs from the CPU's only by summation order, so 1% relative plus a
 /// small absolute floor covers it with margin, while a wrong index or formula is off by O(1).
 const ELEM_TOL: f32 = 1e-2;
-
-fn gpu(test: &str) -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(b) => {
-            b.set_poison(true);
-            Some(b)
-        }
-        Err(e) => {
-            eprintln!("{test}: skipped: {e}");
-            None
-        }
-    }
-}
-
-/// Deterministic values in [-scale, scale], already representable in bf16.
-fn rand_bf16(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-            bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
-        })
-        .collect()
-}
-
-fn round_bf16(x: &[f32]) -> Vec<f32> {
-    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
-}
-
-fn weight(
-    be: &CudaBackend,
-    data: &[f32],
-    shape: &[usize],
-) -> asyncthink::backend::cuda::CudaWeight {
-    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    be.load_weight(&HostTensor::from_f32_bytes(&bytes, shape.to_vec()))
-        .expect("upload weight")
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = 0f32;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g - w).abs();
-        assert!(
-            err <= tol * (1.0 + w.abs()),
-            "{what}: element {i}: gpu {g} vs cpu {w} (tolerance {tol} relative)"
-        );
-        worst = worst.max(err);
-    }
-    println!("{what}: max abs err {worst:.2e} over {} values", got.len());
-}
 
 #[test]
 fn embedding_and_gather_copy_rows_exactly() {

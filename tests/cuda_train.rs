@@ -128,6 +128,15 @@ fn rms_norm_backward_matches_cpu() {
             &dwc,
             F32_TOL,
         );
+        // Gradient accumulation: a second backward adds to dw, never overwrites it.
+        be.rms_norm_backward(&xg, &wg, &dyg, 1e-6, &mut dwg)
+            .unwrap();
+        assert_rel(
+            &format!("rms dw accumulated {rows}x{cols}"),
+            &be.grad_to_host(&dwg).unwrap(),
+            &doubled(&dwc),
+            F32_TOL,
+        );
     }
 }
 
@@ -188,6 +197,25 @@ fn qk_norm_rope_backward_matches_cpu() {
             &gkc,
             F32_TOL * 10.0,
         );
+        // A second backward adds to the norm-weight gradients.
+        let (_, dqg2) = tensors(&be, &rand_bf16(rows * qw, 11, 1.0), rows, qw);
+        let (_, dkg2) = tensors(&be, &rand_bf16(rows * kw, 12, 1.0), rows, kw);
+        be.qk_norm_rope_backward(
+            &qg, &kg, dqg2, dkg2, &qn_g, &kn_g, &mut gqg, &mut gkg, shape, 1e-6, &rope, &positions,
+        )
+        .unwrap();
+        assert_rel(
+            &format!("d q_norm accumulated {what}"),
+            &be.grad_to_host(&gqg).unwrap(),
+            &doubled(&gqc),
+            F32_TOL * 10.0,
+        );
+        assert_rel(
+            &format!("d k_norm accumulated {what}"),
+            &be.grad_to_host(&gkg).unwrap(),
+            &doubled(&gkc),
+            F32_TOL * 10.0,
+        );
     }
 }
 
@@ -230,6 +258,14 @@ fn embedding_backward_matches_cpu() {
         "embedding dw",
         &be.grad_to_host(&dwg).unwrap(),
         &dwc,
+        F32_TOL,
+    );
+    // Tied embeddings and accumulation rely on adding into dw.
+    be.embedding_backward(&ids, &dyg, &mut dwg).unwrap();
+    assert_rel(
+        "embedding dw accumulated",
+        &be.grad_to_host(&dwg).unwrap(),
+        &doubled(&dwc),
         F32_TOL,
     );
     assert!(
@@ -347,9 +383,58 @@ fn fused_cross_entropy_matches_cpu() {
     assert_rel("ce dh", &be.to_host(&dhg).unwrap(), &dhc.data, BF16_TOL);
     // dlogits are rounded to bf16 before the weight-gradient product.
     assert_rel("ce dw", &be.grad_to_host(&dwg).unwrap(), &dwc, BF16_TOL);
+    be.cross_entropy(&hg, &wg, &targets, &loss_weights, 7.0, &mut dwg)
+        .unwrap();
+    assert_rel(
+        "ce dw accumulated",
+        &be.grad_to_host(&dwg).unwrap(),
+        &doubled(&dwc),
+        BF16_TOL,
+    );
     let lp_c = CpuBackend.target_log_probs(&hc, &wc, &targets).unwrap();
     let lp_g = be.target_log_probs(&hg, &wg, &targets).unwrap();
     assert_close("target log-probs", &lp_g, &lp_c, F32_TOL);
+}
+
+/// More weighted rows than a grid's y dimension holds (65535): rows must sit on grid x.
+#[test]
+fn cross_entropy_takes_more_rows_than_grid_y() {
+    let Some(be) = gpu("cross_entropy_many_rows") else {
+        return;
+    };
+    let (rows, hidden, vocab) = (70_000, 8, 300);
+    let (wc, wg) = weights(&be, &rand_bf16(vocab * hidden, 30, 0.5), &[vocab, hidden]);
+    let (hc, hg) = tensors(&be, &rand_bf16(rows * hidden, 31, 1.0), rows, hidden);
+    let targets: Vec<u32> = (0..rows as u32).map(|i| i * 7 % vocab as u32).collect();
+    let loss_weights = vec![1.0f32; rows];
+    let mut dwc = CpuBackend.zeros_grad(&wc).unwrap();
+    let mut dwg = be.zeros_grad(&wg).unwrap();
+    let (lc, _, dhc) = CpuBackend
+        .cross_entropy(&hc, &wc, &targets, &loss_weights, rows as f32, &mut dwc)
+        .unwrap();
+    let (lg, _, dhg) = be
+        .cross_entropy(&hg, &wg, &targets, &loss_weights, rows as f32, &mut dwg)
+        .unwrap();
+    assert!(
+        (lc - lg).abs() <= 1e-4 * lc.abs().max(1.0),
+        "loss gpu {lg} vs cpu {lc}"
+    );
+    assert_rel(
+        "ce dh (70k rows)",
+        &be.to_host(&dhg).unwrap(),
+        &dhc.data,
+        BF16_TOL,
+    );
+    assert_rel(
+        "ce dw (70k rows)",
+        &be.grad_to_host(&dwg).unwrap(),
+        &dwc,
+        BF16_TOL,
+    );
+}
+
+fn doubled(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| 2.0 * v).collect()
 }
 
 #[test]
@@ -434,7 +519,6 @@ fn model_gradients_match_cpu_on_tiny_fixtures() {
     let Some(be) = gpu("model_gradients") else {
         return;
     };
-    be.set_poison(false);
     for name in ["tiny-gqa4-tied", "tiny-mha-untied-hd"] {
         let (batch, torch_loss) = fixture_batch(name);
         let cpu = Qwen3::load_for_training(CpuBackend, &model_dir(name)).unwrap();

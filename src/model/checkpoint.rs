@@ -65,18 +65,7 @@ impl Checkpoint {
         if index.exists() {
             Self::open_sharded(&index)
         } else if single.exists() {
-            let shard = Shard::open(&single)?;
-            let location = shard
-                .metadata
-                .tensors()
-                .keys()
-                .map(|k| (k.clone(), 0))
-                .collect();
-            Ok(Checkpoint {
-                shards: vec![shard],
-                location,
-                origin: single,
-            })
+            Ok(Self::from_shard(Shard::open(&single)?))
         } else {
             Err(Error::Checkpoint {
                 file: dir.to_path_buf(),
@@ -104,34 +93,30 @@ impl Checkpoint {
 
     /// A single-file checkpoint held in memory; `name` labels it in errors.
     pub fn from_static(name: &str, bytes: &'static [u8]) -> Result<Self> {
-        let shard = Shard::parse(PathBuf::from(name), ShardBytes::Static(bytes))?;
-        let location = shard
-            .metadata
-            .tensors()
-            .keys()
-            .map(|k| (k.clone(), 0))
-            .collect();
-        Ok(Checkpoint {
-            origin: shard.path.clone(),
-            shards: vec![shard],
-            location,
-        })
+        Self::single(name, ShardBytes::Static(bytes))
     }
 
     /// A single-file checkpoint built in memory (safetensors bytes); `name` labels it in errors.
     pub fn from_owned(name: &str, bytes: Vec<u8>) -> Result<Self> {
-        let shard = Shard::parse(PathBuf::from(name), ShardBytes::Owned(bytes))?;
+        Self::single(name, ShardBytes::Owned(bytes))
+    }
+
+    fn single(name: &str, bytes: ShardBytes) -> Result<Self> {
+        Ok(Self::from_shard(Shard::parse(PathBuf::from(name), bytes)?))
+    }
+
+    fn from_shard(shard: Shard) -> Self {
         let location = shard
             .metadata
             .tensors()
             .keys()
             .map(|k| (k.clone(), 0))
             .collect();
-        Ok(Checkpoint {
+        Checkpoint {
             origin: shard.path.clone(),
             shards: vec![shard],
             location,
-        })
+        }
     }
 
     fn open_sharded(index_path: &Path) -> Result<Self> {

@@ -1,7 +1,9 @@
 //! Shared by the GPU tests: the device (or a printed skip), deterministic bf16-exact random
 //! inputs, and the comparisons against the CPU reference.
 
-use asyncthink::backend::cuda::CudaBackend;
+use asyncthink::backend::Backend;
+use asyncthink::backend::cuda::{CudaBackend, CudaWeight};
+use asyncthink::model::checkpoint::HostTensor;
 use half::bf16;
 
 /// The device with every fresh buffer poisoned (NaN), or None after printing why the test
@@ -33,6 +35,13 @@ pub fn rand_bf16(n: usize, seed: u64, scale: f32) -> Vec<f32> {
             bf16::from_f32((2.0 * u - 1.0) * scale).to_f32()
         })
         .collect()
+}
+
+/// A bf16 device weight holding `data` (already bf16-exact, so no rounding on upload).
+pub fn weight(be: &CudaBackend, data: &[f32], shape: &[usize]) -> CudaWeight {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    be.load_weight(&HostTensor::from_f32_bytes(&bytes, shape.to_vec()))
+        .expect("upload weight")
 }
 
 pub fn round_bf16(x: &[f32]) -> Vec<f32> {

@@ -182,7 +182,7 @@ impl CudaBackend {
             b.arg(&lse_d).arg(&scale_d).arg(&mut dlogits);
             // SAFETY: logits and dlogits hold ta × width elements, the per-row buffers ta; the
             // kernel guards the column index against width.
-            unsafe { b.launch(grid(width.div_ceil(256), ta, 1, 256)) }
+            unsafe { b.launch(grid(ta, width.div_ceil(256), 1, 256)) }
                 .map_err(launch_err("ce_chunk_grad"))?;
             let panel = w.data.slice(c0 * hidden..(c0 + width) * hidden);
             self.gemm(

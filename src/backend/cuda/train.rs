@@ -272,10 +272,11 @@ impl TrainBackend for CudaBackend {
     ) -> Result<CudaTensor> {
         same_shape("rms_norm_backward", x, dy)?;
         let cols = x.cols;
-        if w.len() != cols || cols * 4 > 48 * 1024 {
+        // The row lives in dynamic shared memory beside the kernel's 32-float reduction scratch.
+        if w.len() != cols || (cols + 32) * 4 > 48 * 1024 {
             return Err(shape_err(
                 "rms_norm_backward",
-                format!("weight {} vs width {cols} (at most 12288)", w.len()),
+                format!("weight {} vs width {cols} (at most 12256)", w.len()),
             ));
         }
         check_grad("rms_norm_backward", dw, cols)?;
@@ -320,13 +321,15 @@ impl TrainBackend for CudaBackend {
             || !hd.is_multiple_of(2)
             || rope.inv_freq.len() * 2 != hd
             || positions.len() != q_pre.rows
+            || positions.len() != k_pre.rows
         {
             return Err(shape_err(
                 "qk_norm_rope_backward",
                 format!(
-                    "{shape:?}, {} positions for {} rows (head_dim even, <= 128)",
+                    "{shape:?}, {} positions for {} q rows and {} k rows (head_dim even, <= 128)",
                     positions.len(),
-                    q_pre.rows
+                    q_pre.rows,
+                    k_pre.rows
                 ),
             ));
         }

@@ -107,6 +107,67 @@ fn bad_input_fails_with_a_message_not_a_panic() {
     }
 }
 
+/// Every command with `--device cuda` either runs on the GPU or, with none, exits 1 naming
+/// what is missing (driver, device, NVRTC); it never panics.
+#[cfg(feature = "cuda")]
+#[test]
+fn device_cuda_runs_or_fails_cleanly() {
+    let gpu = asyncthink::backend::cuda::CudaBackend::new(0).err();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\": 1, \"prompt\": \"What is 3 + 4?\"}\n").unwrap();
+    let output = dir.path().join("out.jsonl");
+    let (input, output) = (input.to_str().unwrap(), output.to_str().unwrap());
+    for args in [
+        vec!["logits", "--ids", "1,2,3", "--device", "cuda"],
+        vec![
+            "generate",
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cuda",
+        ],
+        vec![
+            "batch",
+            "--input",
+            input,
+            "--output",
+            output,
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cuda",
+        ],
+        vec![
+            "think",
+            "--prompt",
+            "Compute 3 + 7.",
+            "--organizer-tokens",
+            "8",
+            "--worker-tokens",
+            "4",
+            "--device",
+            "cuda",
+        ],
+    ] {
+        let out = asyncthink(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        match &gpu {
+            None => assert!(out.status.success(), "{args:?} on the GPU: {err}"),
+            Some(reason) => {
+                assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+                assert!(
+                    err.contains(&reason.to_string()),
+                    "{args:?}: {err} (expected {reason})"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
     let dir = tempfile::tempdir().unwrap();

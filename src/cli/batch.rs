@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ModelArgs;
 use super::generate::SamplingArgs;
-use crate::backend::cpu::CpuBackend;
+use super::{Device, ModelArgs};
+use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, SamplingParams, SeqId};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 use crate::util::write_atomic;
@@ -43,6 +43,9 @@ pub struct BatchArgs {
     /// Also write the summary as JSON here.
     #[arg(long)]
     pub summary: Option<PathBuf>,
+    /// Where the model runs: cpu, or cuda (GPU 0).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -107,10 +110,14 @@ fn prompt_ids(line: &RequestLine, tokenizer: &Tokenizer, raw: bool) -> Result<Ve
 
 pub fn run(args: BatchArgs) -> Result<()> {
     args.model.init_threads()?;
+    on_device!(args.device, backend => run_on(args, backend))
+}
+
+fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
     let default_params = args.sampling.params();
     default_params.validate()?;
     let text = std::fs::read_to_string(&args.input).map_err(|e| Error::io(&args.input, e))?;
-    let (model, tokenizer) = args.model.source().load(CpuBackend)?;
+    let (model, tokenizer) = args.model.source().load(backend)?;
     let mut engine = Engine::new(&model, Some(&tokenizer), args.engine.config(&model))?;
 
     // One result slot per non-empty input line, in order.

@@ -99,6 +99,7 @@ fn eval_all(
             executor: executor(capacity, seed, temperature),
             out: None,
             svg_dir: None,
+            device: super::Device::Cpu,
         };
         let (summary, outcomes, _) = evaluate::<Arithmetic>(&args, mode)?;
         out.push((summary, outcomes));
@@ -220,7 +221,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         tau: 0.5,
         format_error_reward: -1.0,
         checkpoint_every: 0,
-        device: super::generate::Device::Cpu,
+        device: super::Device::Cpu,
         resume: None,
         executor: executor(args.capacity, args.seed, 0.7),
     };

@@ -7,12 +7,12 @@ use clap::Args;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::ModelArgs;
 use super::data::TaskName;
 use super::think::{ExecutorArgs, register_tags};
+use super::{Device, ModelArgs};
 use crate::asyncthink::executor::svg::{forks_histogram_svg, timeline_svg};
 use crate::asyncthink::executor::{QuestionOutcome, ThinkingMode, run_mode};
-use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
 use crate::tasks::arithmetic::Arithmetic;
 use crate::tasks::countdown::Countdown;
@@ -47,6 +47,9 @@ pub struct EvalArgs {
     /// Directory for SVG pictures (first episode's timeline, forks histogram).
     #[arg(long)]
     pub svg_dir: Option<PathBuf>,
+    /// Where the model runs: cpu, or cuda (GPU 0).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
 }
 
 /// Summary of a mode over a task file.
@@ -87,8 +90,19 @@ pub fn evaluate<T: Task>(
 where
     T::Item: DeserializeOwned,
 {
+    on_device!(args.device, backend => evaluate_on::<T, _>(args, mode, backend))
+}
+
+fn evaluate_on<T: Task, B: Backend>(
+    args: &EvalArgs,
+    mode: ThinkingMode,
+    backend: B,
+) -> Result<(EvalSummary, Vec<QuestionOutcome>, Vec<Verdict>)>
+where
+    T::Item: DeserializeOwned,
+{
     let items = load_items::<T>(&args.tasks, args.limit)?;
-    let (model, mut tokenizer) = args.model.source().load(CpuBackend)?;
+    let (model, mut tokenizer) = args.model.source().load(backend)?;
     let cfg = args.executor.config();
     register_tags(&mut tokenizer, &cfg, model.config.vocab_size);
     let engine_cfg =

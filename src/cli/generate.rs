@@ -5,9 +5,8 @@ use std::io::Write;
 use clap::Args;
 use serde_json::json;
 
-use super::{ModelArgs, parse_ids};
+use super::{Device, ModelArgs, parse_ids};
 use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions};
 use crate::{Error, Result};
@@ -42,12 +41,6 @@ pub struct GenerateArgs {
     /// Where the model runs: cpu, or cuda (GPU 0; needs the CUDA driver and NVRTC).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -94,15 +87,7 @@ impl SamplingArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.model.init_threads()?;
     args.sampling.params().validate()?;
-    match args.device {
-        Device::Cpu => run_on(args, CpuBackend),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => run_on(args, crate::backend::cuda::CudaBackend::new(0)?),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(Error::InvalidInput(
-            "--device cuda: this binary was built without the `cuda` feature".into(),
-        )),
-    }
+    on_device!(args.device, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {

@@ -6,12 +6,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::Device;
 use super::ModelArgs;
 use super::data::TaskName;
-use super::generate::Device;
 use super::think::{ExecutorArgs, register_tags};
 use crate::backend::TrainBackend;
-use crate::backend::cpu::CpuBackend;
 use crate::engine::EngineConfig;
 use crate::tasks::Task;
 use crate::tasks::arithmetic::Arithmetic;
@@ -209,15 +208,7 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
 }
 
 pub fn run_with(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
-    match args.device {
-        Device::Cpu => run_task(args, CpuBackend),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => run_task(args, crate::backend::cuda::CudaBackend::new(0)?),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(Error::InvalidInput(
-            "--device cuda: this binary was built without the `cuda` feature".into(),
-        )),
-    }
+    on_device!(args.device, backend => run_task(args, backend))
 }
 
 fn run_task<B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStepLog>> {

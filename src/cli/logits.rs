@@ -3,8 +3,8 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{ModelArgs, parse_ids};
-use crate::backend::cpu::CpuBackend;
+use super::{Device, ModelArgs, parse_ids};
+use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
 use crate::{Error, Result};
 
@@ -18,11 +18,18 @@ pub struct LogitsArgs {
     /// Raw text to tokenize (no chat template).
     #[arg(long)]
     pub text: Option<String>,
+    /// Where the model runs: cpu, or cuda (GPU 0).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     args.model.init_threads()?;
-    let (model, tokenizer) = args.model.source().load(CpuBackend)?;
+    on_device!(args.device, backend => run_on(args, backend))
+}
+
+fn run_on<B: Backend>(args: LogitsArgs, backend: B) -> Result<()> {
+    let (model, tokenizer) = args.model.source().load(backend)?;
     let ids = match (&args.ids, &args.text) {
         (Some(s), _) => parse_ids(s)?,
         (None, Some(t)) => tokenizer.encode(t)?,

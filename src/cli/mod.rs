@@ -1,5 +1,27 @@
 //! The `asyncthink` command line: one file per subcommand.
 
+/// Runs `$body` with `$backend` bound to the backend `$device` names. A macro, not a function
+/// taking a closure: the body is generic over the backend type, which a closure cannot be.
+macro_rules! on_device {
+    ($device:expr, $backend:ident => $body:expr) => {
+        match $device {
+            $crate::cli::Device::Cpu => {
+                let $backend = $crate::backend::cpu::CpuBackend;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::cli::Device::Cuda => {
+                let $backend = $crate::backend::cuda::CudaBackend::new(0)?;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::cli::Device::Cuda => Err($crate::Error::InvalidInput(
+                "--device cuda: this binary was built without the `cuda` feature".into(),
+            )),
+        }
+    };
+}
+
 mod batch;
 mod bench;
 mod bench_batch;
@@ -75,6 +97,16 @@ pub enum Command {
 }
 
 /// Model location and CPU threads, shared by every subcommand that runs a model.
+/// Where a command runs its model.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The rayon reference backend (f32).
+    #[default]
+    Cpu,
+    /// GPU 0 through the CUDA backend (bf16; needs the CUDA driver, NVRTC and cuBLAS).
+    Cuda,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).

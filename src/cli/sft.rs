@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::Device;
 use super::ModelArgs;
-use super::generate::Device;
 use crate::backend::TrainBackend;
-use crate::backend::cpu::CpuBackend;
 use crate::train::optim::OptimConfig;
 use crate::train::plot::loss_curve_svg;
 use crate::train::sft::{SftConfig, SftTrainer};
@@ -67,15 +66,7 @@ pub struct SftArgs {
 
 pub fn run(args: SftArgs) -> Result<()> {
     args.model.init_threads()?;
-    match args.device {
-        Device::Cpu => run_on(args, CpuBackend),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => run_on(args, crate::backend::cuda::CudaBackend::new(0)?),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(Error::InvalidInput(
-            "--device cuda: this binary was built without the `cuda` feature".into(),
-        )),
-    }
+    on_device!(args.device, backend => run_on(args, backend))
 }
 
 fn run_on<B: TrainBackend>(args: SftArgs, backend: B) -> Result<()> {

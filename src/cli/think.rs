@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::ModelArgs;
+use super::{Device, ModelArgs};
 use crate::Result;
 use crate::asyncthink::executor::svg::timeline_svg;
 use crate::asyncthink::executor::{ExecutorConfig, run_episodes};
-use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
 use crate::util::write_atomic;
 
@@ -51,6 +51,9 @@ pub struct ThinkArgs {
     pub model: ModelArgs,
     #[arg(long)]
     pub prompt: String,
+    /// Where the model runs: cpu, or cuda (GPU 0).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
     #[command(flatten)]
     pub executor: ExecutorArgs,
     /// The episode (texts, graph, timeline, metrics) as JSON.
@@ -63,7 +66,11 @@ pub struct ThinkArgs {
 
 pub fn run(args: ThinkArgs) -> Result<()> {
     args.model.init_threads()?;
-    let (model, mut tokenizer) = args.model.source().load(CpuBackend)?;
+    on_device!(args.device, backend => run_on(args, backend))
+}
+
+fn run_on<B: Backend>(args: ThinkArgs, backend: B) -> Result<()> {
+    let (model, mut tokenizer) = args.model.source().load(backend)?;
     let cfg = args.executor.config();
     register_tags(&mut tokenizer, &cfg, model.config.vocab_size);
     let engine_cfg =

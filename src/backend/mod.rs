@@ -106,10 +106,19 @@ pub trait Backend: Send + Sync {
     /// The listed rows, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
-    /// Bytes of device memory in use (total − free), where the backend has a device of its
-    /// own; the CPU reports nothing (its memory is the process's RSS).
-    fn device_memory_used(&self) -> Option<u64> {
+    /// (free, total) bytes of the backend's own device memory; the CPU has none (its memory
+    /// is the process's, managed by the OS).
+    fn device_memory(&self) -> Option<(usize, usize)> {
         None
+    }
+    /// Bytes of device memory in use (total − free), where the backend has a device.
+    fn device_memory_used(&self) -> Option<u64> {
+        self.device_memory()
+            .map(|(free, total)| total.saturating_sub(free) as u64)
+    }
+    /// Bytes per element of this backend's KV cache.
+    fn kv_element_bytes(&self) -> usize {
+        std::mem::size_of::<f32>()
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::generate::SamplingArgs;
-use super::{Device, ModelArgs};
+use super::{Device, KvMemoryArgs, ModelArgs};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, SamplingParams, SeqId};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
@@ -50,9 +50,8 @@ pub struct BatchArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// KV cache memory in MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub kv_cache_mb: usize,
+    #[command(flatten)]
+    pub kv: KvMemoryArgs,
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
     /// Tokens per step (prefill chunks + decodes).
@@ -71,16 +70,16 @@ impl EngineArgs {
     pub fn config<B: crate::backend::Backend>(
         &self,
         model: &crate::model::Qwen3<B>,
-    ) -> EngineConfig {
-        EngineConfig {
+    ) -> Result<EngineConfig> {
+        let cfg = EngineConfig {
             block_size: self.block_size,
             max_batched_tokens: self.max_batched_tokens,
             max_num_seqs: self.max_num_seqs,
             chunked_prefill: !self.no_chunked_prefill,
             prefix_caching: !self.no_prefix_caching,
             ..EngineConfig::default()
-        }
-        .with_kv_budget(model, self.kv_cache_mb << 20)
+        };
+        self.kv.apply(cfg, model)
     }
 }
 
@@ -118,7 +117,7 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
     default_params.validate()?;
     let text = std::fs::read_to_string(&args.input).map_err(|e| Error::io(&args.input, e))?;
     let (model, tokenizer) = args.model.source().load(backend)?;
-    let mut engine = Engine::new(&model, Some(&tokenizer), args.engine.config(&model))?;
+    let mut engine = Engine::new(&model, Some(&tokenizer), args.engine.config(&model)?)?;
 
     // One result slot per non-empty input line, in order.
     let mut results: Vec<Value> = Vec::new();

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::json;
 
-use super::ModelArgs;
 use super::data::TaskName;
 use super::eval::{EvalArgs, EvalSummary, evaluate};
 use super::grpo::{GrpoArgs, run_with};
 use super::think::ExecutorArgs;
+use super::{KvMemoryArgs, ModelArgs};
 use crate::asyncthink::executor::ThinkingMode;
 use crate::asyncthink::executor::svg::{forks_histogram_svg, timeline_svg};
 use crate::asyncthink::protocol::ProtocolTags;
@@ -70,7 +70,7 @@ fn executor(capacity: usize, seed: u64, temperature: f32) -> ExecutorArgs {
         worker_tokens: 64,
         max_steps: 2048,
         seed,
-        kv_cache_mb: 256,
+        kv: KvMemoryArgs::fixed_mb(256),
     }
 }
 

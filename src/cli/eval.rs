@@ -105,8 +105,7 @@ where
     let (model, mut tokenizer) = args.model.source().load(backend)?;
     let cfg = args.executor.config();
     register_tags(&mut tokenizer, &cfg, model.config.vocab_size);
-    let engine_cfg =
-        EngineConfig::default().with_kv_budget(&model, args.executor.kv_cache_mb << 20);
+    let engine_cfg = args.executor.kv.apply(EngineConfig::default(), &model)?;
     let mut engine = Engine::new(&model, Some(&tokenizer), engine_cfg)?;
     let questions: Vec<String> = items.iter().map(T::prompt).collect();
     let started = std::time::Instant::now();

@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::Args;
 use serde_json::json;
 
-use super::{Device, ModelArgs, parse_ids};
+use super::{Device, KvMemoryArgs, ModelArgs, parse_ids};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions};
@@ -32,9 +32,8 @@ pub struct GenerateArgs {
     pub no_think: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// KV cache memory in MiB.
-    #[arg(long, default_value_t = 512)]
-    pub kv_cache_mb: usize,
+    #[command(flatten)]
+    pub kv: KvMemoryArgs,
     /// Print one JSON object (text, token ids, timing) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -117,7 +116,7 @@ fn run_on<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {
         }
     };
 
-    let cfg = EngineConfig::default().with_kv_budget(&model, args.kv_cache_mb << 20);
+    let cfg = args.kv.apply(EngineConfig::default(), &model)?;
     let mut engine = Engine::new(&model, Some(&tokenizer), cfg)?;
     let stream = !args.json;
     let mut printed = 0usize;

@@ -136,7 +136,7 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
     } else {
         None
     };
-    let engine = EngineConfig::default().with_kv_budget(&model, args.executor.kv_cache_mb << 20);
+    let engine = args.executor.kv.apply(EngineConfig::default(), &model)?;
     let questions = items.iter().map(T::prompt).collect();
     let extra = source.tokenizer_files()?;
     let mut trainer = GrpoTrainer::new(

@@ -107,6 +107,37 @@ pub enum Device {
     Cuda,
 }
 
+/// How much memory the KV cache gets.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct KvMemoryArgs {
+    /// KV cache memory in MiB. Default: 1024 on the CPU; on a GPU, what
+    /// --gpu-memory-utilization leaves.
+    #[arg(long)]
+    pub kv_cache_mb: Option<usize>,
+    /// Fraction of the GPU's memory this process may use (weights, activations and KV cache
+    /// together), as vLLM's flag.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f32,
+}
+
+impl KvMemoryArgs {
+    pub fn fixed_mb(mb: usize) -> Self {
+        KvMemoryArgs {
+            kv_cache_mb: Some(mb),
+            gpu_memory_utilization: 0.9,
+        }
+    }
+
+    /// `cfg` with as many KV blocks as these flags give `model` on its backend.
+    pub fn apply<B: crate::backend::Backend>(
+        &self,
+        cfg: crate::engine::EngineConfig,
+        model: &crate::model::Qwen3<B>,
+    ) -> Result<crate::engine::EngineConfig> {
+        cfg.with_kv_memory(model, self.kv_cache_mb, self.gpu_memory_utilization)
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Device, ModelArgs};
+use super::{Device, KvMemoryArgs, ModelArgs};
 use crate::Result;
 use crate::asyncthink::executor::svg::timeline_svg;
 use crate::asyncthink::executor::{ExecutorConfig, run_episodes};
@@ -28,9 +28,8 @@ pub struct ExecutorArgs {
     pub max_steps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// KV cache memory in MiB.
-    #[arg(long, default_value_t = 512)]
-    pub kv_cache_mb: usize,
+    #[command(flatten)]
+    pub kv: KvMemoryArgs,
 }
 
 impl ExecutorArgs {
@@ -73,8 +72,7 @@ fn run_on<B: Backend>(args: ThinkArgs, backend: B) -> Result<()> {
     let (model, mut tokenizer) = args.model.source().load(backend)?;
     let cfg = args.executor.config();
     register_tags(&mut tokenizer, &cfg, model.config.vocab_size);
-    let engine_cfg =
-        EngineConfig::default().with_kv_budget(&model, args.executor.kv_cache_mb << 20);
+    let engine_cfg = args.executor.kv.apply(EngineConfig::default(), &model)?;
     let mut engine = Engine::new(&model, Some(&tokenizer), engine_cfg)?;
     let out = run_episodes(
         &mut engine,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::sampling::{SamplingParams, log_prob};
 use super::sequence::{FinishReason, SeqId, Sequence, Status};
 use crate::backend::Backend;
-use crate::kv::{BlockManager, KvLayout, block_hash};
+use crate::kv::{BlockManager, block_hash};
 use crate::model::{ForwardBatch, Logits, Qwen3};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -47,20 +47,6 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// As many blocks as `bytes` of KV memory buys for this model on the CPU (f32).
-    pub fn with_kv_budget<B: Backend>(mut self, model: &Qwen3<B>, bytes: usize) -> Self {
-        let c = &model.config;
-        self.num_blocks = KvLayout::blocks_for_budget(
-            bytes,
-            c.num_hidden_layers,
-            self.block_size,
-            c.num_key_value_heads,
-            c.head_dim,
-            4,
-        );
-        self
-    }
-
     fn validate(&self) -> Result<()> {
         if self.block_size == 0
             || self.num_blocks == 0

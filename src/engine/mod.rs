@@ -3,6 +3,7 @@
 #[allow(clippy::module_inception)]
 mod engine;
 mod generate;
+pub mod memory;
 pub mod sampling;
 mod scheduler;
 pub mod sequence;

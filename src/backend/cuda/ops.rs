@@ -548,9 +548,12 @@ impl Backend for CudaBackend {
         self.gather(&x.data, rows, x.cols)
     }
 
-    fn device_memory_used(&self) -> Option<u64> {
-        let (free, total) = self.memory_info().ok()?;
-        Some(total.saturating_sub(free) as u64)
+    fn device_memory(&self) -> Option<(usize, usize)> {
+        self.memory_info().ok()
+    }
+
+    fn kv_element_bytes(&self) -> usize {
+        std::mem::size_of::<bf16>()
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {

@@ -1,0 +1,128 @@
+//! How many KV blocks the engine gets: a fixed budget in bytes, or, on a device with memory of
+//! its own, a fraction of that memory (vLLM's `gpu_memory_utilization`) minus what the weights
+//! already hold and a reserve for one step's activations.
+
+use super::EngineConfig;
+use crate::backend::Backend;
+use crate::kv::KvLayout;
+use crate::model::Qwen3;
+use crate::{Error, Result};
+
+/// The KV budget when neither `--kv-cache-mb` nor device memory says otherwise (host memory).
+pub const DEFAULT_HOST_KV_MB: usize = 1024;
+
+/// Headroom for what the reserve estimate does not count: the allocator's rounding and pools,
+/// cuBLAS workspaces, CUDA-graph buffers.
+const SLACK_BYTES: usize = 512 << 20;
+
+impl EngineConfig {
+    /// As many blocks as `bytes` of KV memory buys for this model in the backend's cache
+    /// element type.
+    pub fn with_kv_budget<B: Backend>(mut self, model: &Qwen3<B>, bytes: usize) -> Self {
+        let c = &model.config;
+        self.num_blocks = KvLayout::blocks_for_budget(
+            bytes,
+            c.num_hidden_layers,
+            self.block_size,
+            c.num_key_value_heads,
+            c.head_dim,
+            model.backend.kv_element_bytes(),
+        );
+        self
+    }
+
+    /// `kv_cache_mb` when given; otherwise, on a backend with device memory, what
+    /// `device_fraction` of it leaves once the weights (already loaded) and one step's
+    /// activations are counted; otherwise `DEFAULT_HOST_KV_MB`.
+    pub fn with_kv_memory<B: Backend>(
+        self,
+        model: &Qwen3<B>,
+        kv_cache_mb: Option<usize>,
+        device_fraction: f32,
+    ) -> Result<Self> {
+        if let Some(mb) = kv_cache_mb {
+            return Ok(self.with_kv_budget(model, mb << 20));
+        }
+        match model.backend.device_memory() {
+            None => Ok(self.with_kv_budget(model, DEFAULT_HOST_KV_MB << 20)),
+            Some((free, total)) => {
+                let reserve = self.activation_reserve(model);
+                let bytes = kv_bytes_from_fraction(free, total, device_fraction, reserve)?;
+                Ok(self.with_kv_budget(model, bytes))
+            }
+        }
+    }
+
+    /// A generous bound on one step's live activations in bf16: the widest per-token tensors
+    /// of a layer for `max_batched_tokens`, and f32 + bf16 logits for `max_num_seqs` rows.
+    fn activation_reserve<B: Backend>(&self, model: &Qwen3<B>) -> usize {
+        let c = &model.config;
+        let per_token = 2 * c.hidden_size
+            + (2 * c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim
+            + 3 * c.intermediate_size;
+        let activations = 2 * self.max_batched_tokens * per_token * 2;
+        let logits = self.max_num_seqs.max(1) * c.vocab_size * (4 + 2);
+        activations + logits + SLACK_BYTES
+    }
+}
+
+/// KV bytes under vLLM's rule: this process may use `fraction` of `total`; what is in use
+/// already (`total − free`: weights, the context, other processes) and `reserve` come off it.
+pub fn kv_bytes_from_fraction(
+    free: usize,
+    total: usize,
+    fraction: f32,
+    reserve: usize,
+) -> Result<usize> {
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(Error::InvalidInput(format!(
+            "--gpu-memory-utilization must be in (0, 1], got {fraction}"
+        )));
+    }
+    let allowed = (total as f64 * fraction as f64) as usize;
+    let in_use = total.saturating_sub(free);
+    let mib = |b: usize| b >> 20;
+    allowed
+        .checked_sub(in_use + reserve)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| {
+            Error::KvCacheFull(format!(
+                "no device memory left for the KV cache: {fraction} of {} MiB is {} MiB, \
+                 {} MiB are in use (weights, other processes) and {} MiB are reserved for \
+                 activations; raise --gpu-memory-utilization, lower --max-batched-tokens or \
+                 --max-num-seqs, or give --kv-cache-mb",
+                mib(total),
+                mib(allowed),
+                mib(in_use),
+                mib(reserve)
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: usize = 1 << 30;
+
+    #[test]
+    fn the_fraction_leaves_out_memory_in_use_and_the_reserve() {
+        // 80 GiB card, 10 GiB in use, 90%: 72 − 10 − 2 = 60 GiB of KV.
+        // 0.9 is not exact in f32: a few KiB either way.
+        let near = |b: usize, want: usize| b.abs_diff(want) < 1 << 20;
+        let b = kv_bytes_from_fraction(70 * GIB, 80 * GIB, 0.9, 2 * GIB).unwrap();
+        assert!(near(b, 60 * GIB), "{b}");
+        let b = kv_bytes_from_fraction(70 * GIB, 80 * GIB, 0.5, 2 * GIB).unwrap();
+        assert!(near(b, 28 * GIB), "{b}");
+    }
+
+    #[test]
+    fn too_little_memory_or_a_bad_fraction_is_a_clear_error() {
+        let e = kv_bytes_from_fraction(GIB, 80 * GIB, 0.9, GIB).unwrap_err();
+        assert!(e.to_string().contains("no device memory left"), "{e}");
+        for f in [0.0, -0.5, 1.5, f32::NAN] {
+            let e = kv_bytes_from_fraction(80 * GIB, 80 * GIB, f, 0).unwrap_err();
+            assert!(e.to_string().contains("gpu-memory-utilization"), "{e}");
+        }
+    }
+}

@@ -90,7 +90,7 @@ pub const KERNELS: &[KernelFile] = &[
     KernelFile {
         name: "sampling",
         source: include_str!("../../../kernels/sampling.cu"),
-        functions: &["argmax", "sample"],
+        functions: &["argmax", "repetition_penalty", "sample", "token_logprob"],
         no_spill: false,
     },
 ];

@@ -197,7 +197,7 @@ pub fn select_on_host(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<Ch
             )))
         };
     }
-    if logits.len() % rows.len() != 0 {
+    if !logits.len().is_multiple_of(rows.len()) {
         return Err(Error::InvalidInput(format!(
             "select_tokens: {} logits do not split into {} rows",
             logits.len(),

@@ -23,6 +23,7 @@ log="$out/gpu-check.log"
     scripts/check-kernels.sh "$out/kernels"
     echo "== GPU tests"
     cargo test --release --test cuda_kernels -- --nocapture --test-threads=1
+    cargo test --release --test cuda_sampling -- --nocapture --test-threads=1
     cargo test --release --test cuda_train -- --nocapture --test-threads=1
     cargo test --release --test cli_bench_gpu -- --nocapture
     echo "== generate on the GPU (embedded tiny model)"

@@ -5,7 +5,7 @@
 //! chosen token's log-prob. Only ids, log-probs and NaN flags come back to the host, and
 //! `engine::sampling::select_on_host` on the same logits picks the same tokens.
 
-use cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaSlice, PushKernelArg};
 
 use super::device::{CudaBackend, grid};
 use super::ops::{CudaTensor, launch_err, shape_err};
@@ -92,14 +92,6 @@ impl CudaBackend {
             .map_err(|e| shape_err(op, format!("{e:?}")))
     }
 
-    fn upload_nonempty<T: DeviceRepr + Default + Clone>(&self, v: &[T]) -> Result<CudaSlice<T>> {
-        if v.is_empty() {
-            self.upload(&[T::default()])
-        } else {
-            self.upload(v)
-        }
-    }
-
     /// `Backend::select_tokens` on the device (see the module doc).
     pub(super) fn select_tokens_on_device(
         &self,
@@ -121,7 +113,8 @@ impl CudaBackend {
         if npen > 0 {
             let src = self.upload(&plan.pen_src)?;
             let offsets = self.upload(&plan.pen_offsets)?;
-            let ids = self.upload_nonempty(&plan.pen_ids)?;
+            // Non-empty: a row gets a copy only if it has a token to penalize.
+            let ids = self.upload(&plan.pen_ids)?;
             let factor = self.upload(&plan.pen_factor)?;
             let mut b = self
                 .stream()

@@ -298,3 +298,58 @@ fn forced_tokens_come_first_then_sampling_resumes() {
         "finished or unknown sequences and ids past the vocabulary are errors"
     );
 }
+
+/// The engine's n-th token (forced ones included) is what `select_on_host` picks from that
+/// position's logits at draw counter n: seeded sampling is counter-based (the same on every
+/// backend), penalised by the history so far, and each log-prob is the raw logits'.
+#[test]
+fn sampled_tokens_follow_the_draw_counter() {
+    use asyncthink::backend::TokenChoice;
+    use asyncthink::engine::sampling::select_on_host;
+
+    let model = load("tiny-gqa4-tied");
+    let prompt: Vec<u32> = (0..11).map(|i| (i * 29 + 3) % 500).collect();
+    let forced = [17u32, 300];
+    let params = SamplingParams {
+        temperature: 1.2,
+        top_p: 0.95,
+        repetition_penalty: 1.3,
+        seed: 77,
+        max_new_tokens: 10,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
+    let id = engine.add_request(prompt.clone(), params.clone()).unwrap();
+    engine.force_tokens(id, &forced).unwrap();
+    while engine.has_unfinished() {
+        engine.step().unwrap();
+    }
+    let seq = engine.take_finished(id).unwrap();
+    assert_eq!(seq.generated.len(), 10);
+    let logits = engine.logits_all(&seq.tokens).unwrap();
+    let mut differs_from_greedy = false;
+    for (n, &pos) in seq.generated_positions.iter().enumerate() {
+        let row = &logits[pos - 1];
+        let choice = TokenChoice {
+            params: &params,
+            step: n as u64,
+            history: &seq.tokens[..pos],
+            forced: forced.get(n).copied(),
+        };
+        let want = select_on_host(row, &[choice]).unwrap()[0];
+        assert_eq!(seq.generated[n], want.token, "token {n}");
+        assert!(
+            (seq.logprobs[n] - want.logprob).abs() < 1e-4,
+            "token {n}: log-prob {} vs {}",
+            seq.logprobs[n],
+            want.logprob
+        );
+        let argmax = asyncthink::engine::sampling::argmax(row);
+        differs_from_greedy |= n >= forced.len() && want.token != argmax;
+    }
+    assert!(
+        differs_from_greedy,
+        "the settings should make sampling visible"
+    );
+}

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::Result;
+pub use crate::engine::sampling::{Chosen, TokenChoice};
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;
 use crate::model::checkpoint::HostTensor;
@@ -106,6 +107,20 @@ pub trait Backend: Send + Sync {
     /// The listed rows, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// The next token of each row of final logits (`rows[r]` settings for row r) and its
+    /// log-prob under the raw logits: a forced token is kept, otherwise repetition penalty,
+    /// then greedy or the seeded draw `counter_uniform(seed, step)`. NaN logits are an error
+    /// naming the row. The default copies the logits to the host and applies
+    /// `engine::sampling::select_on_host`; a device backend overrides it so only ids and
+    /// log-probs leave the device, picking the same tokens.
+    fn select_tokens(
+        &self,
+        logits: &Self::Tensor,
+        rows: &[TokenChoice<'_>],
+    ) -> Result<Vec<Chosen>> {
+        let host = self.to_host(logits)?;
+        crate::engine::sampling::select_on_host(&host, rows)
+    }
     /// (free, total) bytes of the backend's own device memory; the CPU has none (its memory
     /// is the process's, managed by the OS).
     fn device_memory(&self) -> Option<(usize, usize)> {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::sampling::{SamplingParams, log_prob};
+use super::sampling::{SamplingParams, TokenChoice};
 use super::sequence::{FinishReason, SeqId, Sequence, Status};
 use crate::backend::Backend;
 use crate::kv::{BlockManager, block_hash};
@@ -341,7 +341,25 @@ impl<'m, B: Backend> Engine<'m, B> {
         }
         let started = Instant::now();
         let logits = self.model.forward(&batch, &mut self.kv)?;
-        let logits = self.model.backend.to_host(&logits)?;
+        // Only the chosen ids and their log-probs come back from the backend (the CUDA
+        // backend samples on the device); this is also where a device step synchronises.
+        let chosen = {
+            let choices = samples
+                .iter()
+                .map(|id| {
+                    let s = self.seqs.get(id).ok_or_else(|| {
+                        Error::InvalidInput(format!("sequence {id} vanished mid-step"))
+                    })?;
+                    Ok(TokenChoice {
+                        params: &s.params,
+                        step: s.generated.len() as u64,
+                        history: &s.tokens,
+                        forced: s.forced.front().copied(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.model.backend.select_tokens(&logits, &choices)?
+        };
         self.stats.forward_seconds += started.elapsed().as_secs_f64();
         self.stats.steps += 1;
         self.stats.computed_tokens += batch.num_tokens() as u64;
@@ -354,21 +372,18 @@ impl<'m, B: Backend> Engine<'m, B> {
                 self.register_full_blocks(id);
             }
         }
-        let vocab = self.model.config.vocab_size;
         let max_positions = self.model.config.max_position_embeddings;
-        for (row, id) in samples.into_iter().enumerate() {
+        for (id, c) in samples.into_iter().zip(chosen) {
             let Some(s) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let row_logits = &logits[row * vocab..(row + 1) * vocab];
-            let token = match s.forced.pop_front() {
-                Some(t) => t,
-                None => s.sampler.sample(row_logits, &s.tokens)?,
-            };
+            // The front forced token (if any) was this row's choice.
+            s.forced.pop_front();
+            let token = c.token;
             s.generated_positions.push(s.tokens.len());
             s.tokens.push(token);
             s.generated.push(token);
-            s.logprobs.push(log_prob(row_logits, token));
+            s.logprobs.push(c.logprob);
             self.stats.generated_tokens += 1;
             let finish = s.stop_reason(&self.eos, max_positions, self.tokenizer)?;
             if let Some(reason) = &finish {

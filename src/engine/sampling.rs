@@ -1,9 +1,13 @@
 //! Turning logits into the next token: repetition penalty, then temperature, top-k,
 //! top-p and min-p (the order transformers applies them), then a seeded draw.
 //! Temperature 0 is greedy.
+//!
+//! The draw of a sequence's n-th token (n = tokens generated so far) is
+//! `counter_uniform(seed, n)`: a hash of (seed, n), not the state of an RNG, so the host
+//! rules here and the device sampler (kernels/sampling.cu) pick the same token from the
+//! same logits, and a preempted or re-batched sequence draws what it would have anyway.
+//! `select_on_host` is the whole per-step selection (`Backend::select_tokens`' default).
 
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -76,40 +80,167 @@ impl SamplingParams {
     }
 }
 
+/// One sequence's sampler: its settings and a draw counter (the number of tokens it has
+/// sampled). Stateless apart from the counter: `sample_at` with the same step gives the same
+/// token.
 pub struct Sampler {
     params: SamplingParams,
-    rng: ChaCha8Rng,
+    step: u64,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        let rng = ChaCha8Rng::seed_from_u64(params.seed);
-        Ok(Sampler { params, rng })
+        Ok(Sampler { params, step: 0 })
     }
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }
 
-    /// Next token from one row of logits; `history` is prompt + output so far.
+    /// Next token from one row of logits; `history` is prompt + output so far. The n-th call
+    /// draws `counter_uniform(seed, n)`.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
-        if let Some(i) = logits.iter().position(|x| x.is_nan()) {
+        let t = self.sample_at(logits, history, self.step)?;
+        self.step += 1;
+        Ok(t)
+    }
+
+    /// The token of draw number `step` (does not move the counter).
+    pub fn sample_at(&self, logits: &[f32], history: &[u32], step: u64) -> Result<u32> {
+        if let Some(i) = first_nan(logits) {
             return Err(Error::InvalidInput(format!(
                 "logits contain NaN (first at token {i})"
             )));
         }
-        let p = &self.params;
-        let mut logits = logits.to_vec();
-        if p.repetition_penalty != 1.0 {
-            apply_repetition_penalty(&mut logits, history, p.repetition_penalty);
-        }
-        if p.is_greedy() {
-            return Ok(argmax(&logits));
-        }
-        let draw: f32 = self.rng.random();
-        Ok(sample_from(&logits, p, draw))
+        Ok(pick(logits, &self.params, history, step))
     }
+}
+
+fn first_nan(logits: &[f32]) -> Option<usize> {
+    logits.iter().position(|x| x.is_nan())
+}
+
+/// Penalty, then greedy or the filtered draw `counter_uniform(seed, step)` (no NaN check).
+fn pick(logits: &[f32], p: &SamplingParams, history: &[u32], step: u64) -> u32 {
+    let penalized;
+    let logits = if p.repetition_penalty != 1.0 {
+        let mut l = logits.to_vec();
+        apply_repetition_penalty(&mut l, history, p.repetition_penalty);
+        penalized = l;
+        &penalized[..]
+    } else {
+        logits
+    };
+    if p.is_greedy() {
+        return argmax(logits);
+    }
+    sample_from(logits, p, counter_uniform(p.seed, step))
+}
+
+/// What `Backend::select_tokens` decides for one row of final logits.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenChoice<'a> {
+    pub params: &'a SamplingParams,
+    /// The draw counter: tokens this sequence has generated so far.
+    pub step: u64,
+    /// Prompt + output so far (the repetition penalty's token set).
+    pub history: &'a [u32],
+    /// A token to emit instead of sampling (it still gets its log-prob).
+    pub forced: Option<u32>,
+}
+
+/// The token picked for a row and log softmax(raw logits)[token] (temperature 1, before
+/// penalty and filtering).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Chosen {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+/// Checks `rows` against a `[rows.len(), vocab]` logits shape: valid settings, forced tokens
+/// inside the vocabulary. Shared by the host and device selection.
+pub fn check_choices(rows: &[TokenChoice<'_>], num_rows: usize, vocab: usize) -> Result<()> {
+    if rows.len() != num_rows {
+        return Err(Error::InvalidInput(format!(
+            "select_tokens: {} choices for {num_rows} rows of logits",
+            rows.len()
+        )));
+    }
+    if vocab == 0 && num_rows > 0 {
+        return Err(Error::InvalidInput(
+            "select_tokens: logits have no columns".into(),
+        ));
+    }
+    for (r, c) in rows.iter().enumerate() {
+        c.params.validate()?;
+        if let Some(t) = c.forced.filter(|&t| t as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "row {r}: forced token {t} is outside the vocabulary (size {vocab})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The reference selection: `logits` is `[rows.len(), vocab]` row-major f32. Per row: NaN is an
+/// error naming the row, then the forced token or `Sampler`'s rules at draw `step`, and the
+/// log-prob of the raw logits at the chosen token.
+pub fn select_on_host(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<Chosen>> {
+    if rows.is_empty() {
+        return if logits.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "select_tokens: {} logits for no rows",
+                logits.len()
+            )))
+        };
+    }
+    if !logits.len().is_multiple_of(rows.len()) {
+        return Err(Error::InvalidInput(format!(
+            "select_tokens: {} logits do not split into {} rows",
+            logits.len(),
+            rows.len()
+        )));
+    }
+    let vocab = logits.len() / rows.len();
+    check_choices(rows, rows.len(), vocab)?;
+    rows.iter()
+        .zip(logits.chunks(vocab))
+        .enumerate()
+        .map(|(r, (c, row))| {
+            if let Some(i) = first_nan(row) {
+                return Err(nan_error(r, i));
+            }
+            let token = match c.forced {
+                Some(t) => t,
+                None => pick(row, c.params, c.history, c.step),
+            };
+            Ok(Chosen {
+                token,
+                logprob: log_prob(row, token),
+            })
+        })
+        .collect()
+}
+
+/// The error for NaN logits in row `row`, first at token `token` (host and device alike).
+pub fn nan_error(row: usize, token: usize) -> Error {
+    Error::InvalidInput(format!(
+        "logits row {row} contain NaN (first at token {token})"
+    ))
+}
+
+/// Each row's distinct history tokens inside the vocabulary, in first-seen order: the token
+/// set the repetition penalty touches (once each).
+pub fn penalty_tokens(history: &[u32], vocab: usize) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    history
+        .iter()
+        .copied()
+        .filter(|&t| (t as usize) < vocab && seen.insert(t))
+        .collect()
 }
 
 /// log softmax(logits)[token], in f64 internally so it rounds once.
@@ -130,14 +261,11 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
-    let mut seen = std::collections::HashSet::new();
-    for &t in history {
-        let t = t as usize;
-        if t < logits.len() && seen.insert(t) {
-            let l = &mut logits[t];
-            *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
-        }
+/// transformers' rule on each distinct history token: negative logits × penalty, others ÷.
+pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
+    for t in penalty_tokens(history, logits.len()) {
+        let l = &mut logits[t as usize];
+        *l = if *l < 0.0 { *l * penalty } else { *l / penalty };
     }
 }
 
@@ -297,5 +425,129 @@ mod tests {
         assert!(
             matches!(s.sample(&[0.0, f32::NAN], &[]), Err(Error::InvalidInput(m)) if m.contains("NaN"))
         );
+    }
+
+    fn choice(p: &SamplingParams, step: u64, forced: Option<u32>) -> TokenChoice<'_> {
+        TokenChoice {
+            params: p,
+            step,
+            history: &[],
+            forced,
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_counter_not_rng_state() {
+        // Equal logits: the draw u picks index ~ floor(u · n), so the token reveals the draw.
+        let n = 1000;
+        let logits = vec![0.25f32; n];
+        let p = SamplingParams {
+            seed: 11,
+            ..params(1.0)
+        };
+        let mut s = Sampler::new(p.clone()).unwrap();
+        for step in 0..64u64 {
+            let want = (counter_uniform(11, step) * n as f32) as i64;
+            let seq = s.sample(&logits, &[]).unwrap();
+            assert!(
+                (seq as i64 - want).abs() <= 1,
+                "step {step}: {seq} vs {want}"
+            );
+            // Out of order, and through the batch selection: the same token.
+            assert_eq!(s.sample_at(&logits, &[], step).unwrap(), seq);
+            let got = select_on_host(&logits, &[choice(&p, step, None)]).unwrap();
+            assert_eq!(got[0].token, seq, "step {step}");
+        }
+    }
+
+    #[test]
+    fn select_matches_sample_with_draw_per_row() {
+        let vocab = 37;
+        let logits: Vec<f32> = (0..3 * vocab)
+            .map(|i| (i as f32 * 0.71).sin() * 4.0)
+            .collect();
+        let ps = [
+            SamplingParams {
+                seed: 5,
+                top_k: 7,
+                ..params(0.8)
+            },
+            SamplingParams {
+                seed: 6,
+                top_p: 0.6,
+                min_p: 0.05,
+                ..params(1.3)
+            },
+            params(0.0),
+        ];
+        for step in 0..20 {
+            let rows: Vec<_> = ps.iter().map(|p| choice(p, step, None)).collect();
+            let got = select_on_host(&logits, &rows).unwrap();
+            for (r, (p, row)) in ps.iter().zip(logits.chunks(vocab)).enumerate() {
+                let want = if p.is_greedy() {
+                    argmax(row)
+                } else {
+                    sample_with_draw(row, p, counter_uniform(p.seed, step))
+                };
+                assert_eq!(got[r].token, want, "row {r} step {step}");
+                assert_eq!(got[r].logprob, log_prob(row, want));
+            }
+        }
+    }
+
+    #[test]
+    fn forced_token_is_kept_with_its_raw_log_prob() {
+        // p = (1/4, 3/4): greedy would pick 1; forcing 0 must give log(1/4).
+        let logits = [0.0f32, 3f32.ln()];
+        let p = params(0.0);
+        let got = select_on_host(&logits, &[choice(&p, 0, Some(0))]).unwrap();
+        assert_eq!(got[0].token, 0);
+        assert!((got[0].logprob - 0.25f32.ln()).abs() < 1e-6, "{got:?}");
+        let free = select_on_host(&logits, &[choice(&p, 0, None)]).unwrap();
+        assert_eq!(free[0].token, 1);
+        assert!((free[0].logprob - 0.75f32.ln()).abs() < 1e-6);
+        let bad = select_on_host(&logits, &[choice(&p, 0, Some(2))]);
+        assert!(matches!(bad, Err(Error::InvalidInput(m)) if m.contains("forced token 2")));
+    }
+
+    #[test]
+    fn penalty_changes_the_pick_but_not_the_log_prob() {
+        // 2.0 / 2 = 1.0 < 1.5: the penalty moves greedy from 0 to 1; a negative logit is
+        // multiplied (−0.5 · 2 = −1) so it stays below. Log-probs read the raw logits.
+        let logits = [2.0f32, 1.5, -0.5];
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..params(0.0)
+        };
+        let row = TokenChoice {
+            params: &p,
+            step: 0,
+            history: &[0, 2, 0, 99],
+            forced: None,
+        };
+        let got = select_on_host(&logits, &[row]).unwrap();
+        assert_eq!(got[0].token, 1);
+        assert_eq!(got[0].logprob, log_prob(&logits, 1));
+        assert_eq!(penalty_tokens(&[0, 2, 0, 99, 2], 3), vec![0, 2]);
+        // Without the history the penalty touches nothing.
+        let plain = TokenChoice {
+            history: &[],
+            ..row
+        };
+        assert_eq!(select_on_host(&logits, &[plain]).unwrap()[0].token, 0);
+    }
+
+    #[test]
+    fn nan_row_is_named_and_shapes_are_checked() {
+        let mut logits = vec![0.5f32; 8];
+        logits[7] = f32::NAN;
+        let p = params(1.0);
+        let rows = [choice(&p, 0, None), choice(&p, 0, Some(1))];
+        let err = select_on_host(&logits, &rows).unwrap_err().to_string();
+        assert!(err.contains("row 1") && err.contains("token 3"), "{err}");
+        assert!(select_on_host(&logits[..7], &rows).is_err());
+        let err = select_on_host(&logits, &rows[..1]).unwrap_err().to_string();
+        assert!(err.contains("row 0") && err.contains("token 7"), "{err}");
+        assert!(select_on_host(&[], &[]).unwrap().is_empty());
     }
 }

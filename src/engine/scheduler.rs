@@ -4,7 +4,7 @@
 //! then waiting ones in arrival order, while the token budget and the sequence cap
 //! allow. When KV blocks run out, the youngest running sequence is preempted: its
 //! blocks are freed and it waits to be recomputed from its tokens, which gives the same
-//! output as if it had never stopped (its sampler state is kept).
+//! output as if it had never stopped (draws are counted by generated tokens, not RNG state).
 
 use super::engine::Engine;
 use super::sequence::{FinishReason, SeqId, Status};

@@ -1,9 +1,9 @@
 //! A request's life in the engine: its tokens, how many have K/V in the cache, its
-//! block table, and its own sampler and stop conditions.
+//! block table, its sampling settings and stop conditions.
 
 use serde::Serialize;
 
-use super::sampling::{Sampler, SamplingParams};
+use super::sampling::SamplingParams;
 use crate::Result;
 use crate::tokenizer::Tokenizer;
 
@@ -50,8 +50,8 @@ pub struct Sequence {
     pub block_table: Vec<u32>,
     /// Chained hashes of the full blocks registered so far.
     pub block_hashes: Vec<u64>,
+    /// Sampling settings; the draw counter is `generated.len()` (engine/sampling.rs).
     pub params: SamplingParams,
-    pub sampler: Sampler,
     pub status: Status,
     /// Not scheduled while paused (an organizer waiting on a JOIN); keeps its blocks.
     pub paused: bool,
@@ -65,7 +65,7 @@ pub struct Sequence {
 
 impl Sequence {
     pub fn new(id: SeqId, prompt: Vec<u32>, params: SamplingParams, arrival: u64) -> Result<Self> {
-        let sampler = Sampler::new(params.clone())?;
+        params.validate()?;
         Ok(Sequence {
             id,
             prompt_len: prompt.len(),
@@ -78,7 +78,6 @@ impl Sequence {
             block_table: Vec::new(),
             block_hashes: Vec::new(),
             params,
-            sampler,
             status: Status::Waiting,
             paused: false,
             finish_reason: None,

@@ -19,5 +19,4 @@ mod train;
 
 pub use device::CudaBackend;
 pub use ops::{CudaKvCache, CudaTensor, CudaWeight};
-pub use sampling::RowSampling;
 pub use train::{CudaAdamState, CudaStats};

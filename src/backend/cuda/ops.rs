@@ -561,4 +561,12 @@ impl Backend for CudaBackend {
         v.truncate(x.rows * x.cols);
         Ok(v)
     }
+
+    fn select_tokens(
+        &self,
+        logits: &CudaTensor,
+        rows: &[crate::backend::TokenChoice<'_>],
+    ) -> Result<Vec<crate::backend::Chosen>> {
+        self.select_tokens_on_device(logits, rows)
+    }
 }

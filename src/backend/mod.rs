@@ -36,6 +36,8 @@ pub struct StepContext<'a, W> {
     pub max_model_len: usize,
     pub vocab_size: usize,
     pub attention: AttentionShape,
+    /// RoPE's inverse frequencies (the model keeps them on the host).
+    pub rope_inv_freq: &'a [f32],
 }
 
 /// The model's own forward, op by op, as handed to [`Backend::forward_step`].

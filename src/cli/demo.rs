@@ -221,6 +221,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         format_error_reward: -1.0,
         checkpoint_every: 0,
         device: super::generate::Device::Cpu,
+        graphs: super::generate::CudaGraphArgs::on(),
         resume: None,
         executor: executor(args.capacity, args.seed, 0.7),
     };

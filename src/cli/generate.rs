@@ -42,6 +42,50 @@ pub struct GenerateArgs {
     /// Where the model runs: cpu, or cuda (GPU 0; needs the CUDA driver and NVRTC).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    #[command(flatten)]
+    pub graphs: CudaGraphArgs,
+}
+
+/// CUDA graphs for decode steps (on by default, as in vLLM; docs/kernels.md).
+#[derive(Args, Debug, Clone)]
+pub struct CudaGraphArgs {
+    /// --device cuda: run decode steps op by op instead of replaying a CUDA graph per batch
+    /// size bucket (vLLM's switch of the same name).
+    #[arg(long)]
+    pub enforce_eager: bool,
+    /// --device cuda: largest decode batch replayed from a graph (buckets 1, 2, 4, …, 256 up
+    /// to this); larger decode steps run eagerly.
+    #[arg(long, default_value_t = crate::backend::decode_graph::DEFAULT_MAX_BUCKET)]
+    pub max_graph_batch: usize,
+}
+
+impl CudaGraphArgs {
+    /// Graphs on unless --enforce-eager; the default when no flags were parsed.
+    pub fn on() -> Self {
+        CudaGraphArgs {
+            enforce_eager: false,
+            max_graph_batch: crate::backend::decode_graph::DEFAULT_MAX_BUCKET,
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub fn apply(&self, be: &crate::backend::cuda::CudaBackend) {
+        use crate::backend::cuda::GraphMode;
+        let mode = if self.enforce_eager {
+            GraphMode::Eager
+        } else {
+            GraphMode::Graphs
+        };
+        be.set_cuda_graphs(mode, self.max_graph_batch);
+    }
+
+    /// The backend for --device cuda, GPU 0, with these settings.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_backend(&self) -> Result<crate::backend::cuda::CudaBackend> {
+        let be = crate::backend::cuda::CudaBackend::new(0)?;
+        self.apply(&be);
+        Ok(be)
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +141,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     match args.device {
         Device::Cpu => run_on(args, CpuBackend),
         #[cfg(feature = "cuda")]
-        Device::Cuda => run_on(args, crate::backend::cuda::CudaBackend::new(0)?),
+        Device::Cuda => {
+            let be = args.graphs.cuda_backend()?;
+            run_on(args, be)
+        }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => Err(Error::InvalidInput(
             "--device cuda: this binary was built without the `cuda` feature".into(),

@@ -71,6 +71,10 @@ pub struct GrpoArgs {
     /// serves both, with f32 masters for AdamW).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// Rollout decode steps replay CUDA graphs; AdamW updates the weights in place, so the
+    /// graphs stay valid across updates.
+    #[command(flatten)]
+    pub graphs: super::generate::CudaGraphArgs,
     /// Continue from a directory written by this command.
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -212,7 +216,7 @@ pub fn run_with(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
     match args.device {
         Device::Cpu => run_task(args, CpuBackend),
         #[cfg(feature = "cuda")]
-        Device::Cuda => run_task(args, crate::backend::cuda::CudaBackend::new(0)?),
+        Device::Cuda => run_task(args, args.graphs.cuda_backend()?),
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => Err(Error::InvalidInput(
             "--device cuda: this binary was built without the `cuda` feature".into(),

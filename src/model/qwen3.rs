@@ -214,6 +214,7 @@ impl<B: Backend> Qwen3<B> {
             max_model_len: self.config.max_position_embeddings,
             vocab_size: self.config.vocab_size,
             attention: self.attention_shape(),
+            rope_inv_freq: &self.rope.inv_freq,
         };
         self.backend
             .forward_step(batch, kv, &ctx, &mut |b, kv| self.forward_eager(b, kv))

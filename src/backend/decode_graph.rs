@@ -136,7 +136,11 @@ impl DecodePlan {
             || batch.positions.len() != n
             || batch.slot_mapping.len() != n
             || batch.logits_rows.len() != n
-            || batch.logits_rows.iter().enumerate().any(|(i, &r)| r as usize != i)
+            || batch
+                .logits_rows
+                .iter()
+                .enumerate()
+                .any(|(i, &r)| r as usize != i)
             || batch.token_ids.iter().any(|&t| t as usize >= vocab)
             || batch.slot_mapping.iter().any(|&s| s as usize >= capacity)
         {
@@ -264,7 +268,10 @@ mod tests {
         assert_eq!(decode_splits(1, 1, 132, 3), (3, 1));
         for rows in BUCKETS {
             let (s, pps) = decode_splits(rows, 4, 80, 700);
-            assert!(s >= 1 && s * pps >= 700 && (s - 1) * pps < 700, "rows {rows}");
+            assert!(
+                s >= 1 && s * pps >= 700 && (s - 1) * pps < 700,
+                "rows {rows}"
+            );
         }
     }
 

@@ -41,11 +41,8 @@ pub struct StepContext<'a, W> {
 }
 
 /// The model's own forward, op by op, as handed to [`Backend::forward_step`].
-pub type EagerForward<'f, B> = dyn FnMut(
-        &ForwardBatch,
-        &mut <B as Backend>::KvCache,
-    ) -> Result<<B as Backend>::Tensor>
-    + 'f;
+pub type EagerForward<'f, B> =
+    dyn FnMut(&ForwardBatch, &mut <B as Backend>::KvCache) -> Result<<B as Backend>::Tensor> + 'f;
 
 pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;

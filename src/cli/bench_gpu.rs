@@ -354,8 +354,7 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
                         args.graphs.apply(&be);
                         figures["decode_batch1_eager"] = record("decode (eager)", r);
                         let ms = |k: &str| figures[k]["ms_per_token"].as_f64();
-                        if let (Some(g), Some(e)) =
-                            (ms("decode_batch1"), ms("decode_batch1_eager"))
+                        if let (Some(g), Some(e)) = (ms("decode_batch1"), ms("decode_batch1_eager"))
                         {
                             eprintln!("decode batch 1: CUDA graphs {:.2}x eager", e / g);
                             figures["decode_graph_speedup"] = json!(e / g);

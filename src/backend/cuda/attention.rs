@@ -7,10 +7,10 @@ use cudarc::driver::PushKernelArg;
 
 use super::device::{CudaBackend, grid};
 use super::graphs::MetaArg;
-use crate::backend::decode_graph::MetaField;
 use super::ops::{CudaKvCache, CudaTensor, check_layer, launch_err, shape_err};
 use crate::Result;
 use crate::backend::AttentionShape;
+use crate::backend::decode_graph::MetaField;
 use crate::model::batch::ForwardBatch;
 
 /// Kernel limits (kernels/attention_*.cu): head_dim up to 128, GQA groups up to 8 in decode.
@@ -102,9 +102,7 @@ pub fn paged_attention(
     let all_decode = batch.seqs.iter().all(|s| s.query_len == 1);
 
     if all_decode && group <= MAX_DECODE_GROUP {
-        let (splits, pages_per_split, tables_d, row_table_d) = match be
-            .fixed_decode_split(q.rows)
-        {
+        let (splits, pages_per_split, tables_d, row_table_d) = match be.fixed_decode_split(q.rows) {
             // A CUDA-graph step: the split is fixed per bucket by the longest context
             // (splits past a row's context see no keys), and the tables are the bucket's
             // persistent ones, `width` entries per row.

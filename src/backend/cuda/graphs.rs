@@ -180,13 +180,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl CudaBackend {
     /// How pure-decode steps run from now on (default `Graphs`), and the largest bucket
-    /// (steps with more sequences run eagerly). Drops every captured graph.
+    /// (steps with more sequences run eagerly). Drops every captured graph and zeroes the
+    /// counters.
     pub fn set_cuda_graphs(&self, mode: GraphMode, max_bucket: usize) {
         let mut g = lock(&self.inner.graphs);
         g.mode = mode;
         g.max_bucket = max_bucket;
         g.buckets.clear();
         g.fingerprint = None;
+        g.stats = GraphStats::default();
     }
 
     pub fn graph_mode(&self) -> GraphMode {
@@ -273,7 +275,10 @@ impl CudaBackend {
         let mut out = self.tensor(n, cols)?;
         if n * cols > 0 {
             self.stream()
-                .memcpy_dtod(&src.slice(0..n * cols), &mut out.data.slice_mut(0..n * cols))
+                .memcpy_dtod(
+                    &src.slice(0..n * cols),
+                    &mut out.data.slice_mut(0..n * cols),
+                )
                 .map_err(|e| cuda_err(format!("copy of graph logits: {e:?}")))?;
         }
         Ok(out)
@@ -297,7 +302,7 @@ impl CudaBackend {
         let plan = bucket_for(batch.num_tokens(), g.max_bucket)
             .filter(|_| {
                 a.num_kv_heads > 0
-                    && a.num_heads % a.num_kv_heads == 0
+                    && a.num_heads.is_multiple_of(a.num_kv_heads)
                     && a.num_heads / a.num_kv_heads <= MAX_DECODE_GROUP
                     && a.head_dim <= MAX_HEAD_DIM
             })
@@ -316,18 +321,13 @@ impl CudaBackend {
             g.fingerprint = Some(fp);
         }
         let bucket_size = plan.layout.bucket;
-        if !g.buckets.contains_key(&bucket_size) {
-            let b = self.new_bucket(&plan, ctx)?;
-            g.buckets.insert(bucket_size, b);
-        }
         let mode = g.mode;
         let vocab = ctx.vocab_size;
-        let GraphState {
-            buckets, stats, ..
-        } = &mut *g;
-        let bucket = buckets
-            .get_mut(&bucket_size)
-            .ok_or_else(|| cuda_err("graph bucket vanished"))?;
+        let GraphState { buckets, stats, .. } = &mut *g;
+        let bucket = match buckets.entry(bucket_size) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.new_bucket(&plan, ctx)?),
+        };
 
         // The one metadata upload of the step. Stream order puts it after the previous
         // replay's reads and before this step's kernels.

@@ -403,9 +403,14 @@ impl CudaBackend {
                 // `out` and every intermediate are dropped here, inside the capture.
             })
         };
-        // Always end the capture, so the stream leaves capture mode whatever happened.
+        // Always end the capture, so the stream leaves capture mode whatever happened. cudarc
+        // keeps errors of Drop (e.g. a free inside an invalidated capture) and returns them
+        // from the next call's context check, which would make `end_capture` bail out before
+        // ending the capture: take them first.
+        let deferred = self.inner.ctx.check_err();
         let ended = stream.end_capture(CUgraphInstantiate_flags(0));
         recorded?;
+        deferred.map_err(|e| cuda_err(format!("during capture: {e:?}")))?;
         let graph = ended
             .map_err(|e| cuda_err(format!("end capture: {e:?}")))?
             .ok_or_else(|| cuda_err("capture produced no graph"))?;

@@ -24,9 +24,12 @@ log="$out/gpu-check.log"
     echo "== GPU tests"
     cargo test --release --test cuda_kernels -- --nocapture --test-threads=1
     cargo test --release --test cuda_train -- --nocapture --test-threads=1
+    cargo test --release --test cuda_graphs -- --nocapture --test-threads=1
     cargo test --release --test cli_bench_gpu -- --nocapture
     echo "== generate on the GPU (embedded tiny model)"
     cargo run --release -- generate --device cuda --prompt "What is 3 + 4?" --max-new-tokens 16 --json
+    echo "== generate on the GPU without CUDA graphs (same tokens expected)"
+    cargo run --release -- generate --device cuda --enforce-eager --prompt "What is 3 + 4?" --max-new-tokens 16 --json
     echo "== generate on the CPU, for comparison"
     cargo run --release -- generate --prompt "What is 3 + 4?" --max-new-tokens 16 --json
     echo "== bench-gpu (JSON: $out/bench-gpu.json)"

@@ -10,12 +10,12 @@ use super::graphs::MetaArg;
 use super::ops::{CudaKvCache, CudaTensor, check_layer, launch_err, shape_err};
 use crate::Result;
 use crate::backend::AttentionShape;
-use crate::backend::decode_graph::MetaField;
+use crate::backend::decode_graph::{MetaField, decode_splits};
 use crate::model::batch::ForwardBatch;
 
 /// Kernel limits (kernels/attention_*.cu): head_dim up to 128, GQA groups up to 8 in decode.
-const MAX_HEAD_DIM: usize = 128;
-const MAX_DECODE_GROUP: usize = 8;
+pub(super) const MAX_HEAD_DIM: usize = 128;
+pub(super) const MAX_DECODE_GROUP: usize = 8;
 /// M rows of a prefill CTA (PF_M in kernels/attention_prefill.cu): query rows × packed heads.
 const PREFILL_M: usize = 64;
 /// At most this many query heads of a GQA group share a prefill CTA (and its K/V tiles).
@@ -123,10 +123,8 @@ pub fn paged_attention(
             }
             _ => {
                 // Split the KV range so rows × kv_heads × splits fills about two waves of the GPU.
-                let work = q.rows * num_kv_heads;
-                let want = (2 * be.inner.sm_count).div_ceil(work).clamp(1, max_pages);
-                let pages_per_split = max_pages.div_ceil(want);
-                let splits = max_pages.div_ceil(pages_per_split);
+                let (splits, pages_per_split) =
+                    decode_splits(q.rows, num_kv_heads, be.inner.sm_count, max_pages);
                 let mut row_table = vec![0u32; q.rows];
                 for (s, seq) in batch.seqs.iter().enumerate() {
                     row_table[seq.query_start] = table_off[s];

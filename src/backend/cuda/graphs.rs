@@ -47,10 +47,9 @@ use crate::backend::decode_graph::{
 use crate::backend::{EagerForward, StepContext};
 use crate::model::batch::ForwardBatch;
 
-/// Decode attention's GQA limit (kernels/attention_decode.cu): larger groups use the prefill
-/// kernel, whose tiles are built per batch, so those models run every step eagerly.
-const MAX_DECODE_GROUP: usize = 8;
-const MAX_HEAD_DIM: usize = 128;
+// Decode attention's limits: larger GQA groups use the prefill kernel, whose tiles are built
+// per batch, so those models run every step eagerly.
+use super::attention::{MAX_DECODE_GROUP, MAX_HEAD_DIM};
 
 /// How pure-decode steps run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

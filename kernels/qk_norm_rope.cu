@@ -30,6 +30,9 @@ __device__ void norm_rope_head(const bf16* src, bf16* dst, const bf16* w, const 
     }
 }
 
+// Slot that is not written (src/backend/decode_graph.rs SKIP_SLOT): padding rows.
+#define KV_SKIP_SLOT 0xFFFFFFFFu
+
 // k_cache/v_cache null: q and k are transformed in place (the unfused Backend::qk_norm_rope).
 // Otherwise q in place, k and v into the layer's pools at `slots` (layer_off = layer * layer_elems).
 extern "C" __global__ void qk_norm_rope(bf16* __restrict__ q, bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -53,6 +56,9 @@ extern "C" __global__ void qk_norm_rope(bf16* __restrict__ q, bf16* __restrict__
         norm_rope_head(ksrc, (bf16*)ksrc, k_w, inv_freq, pos, head_dim, eps, scratch);
         return;
     }
+    // A padding row of a CUDA-graph decode step (slot KV_SKIP_SLOT) writes nothing; the whole
+    // block takes this branch, so no thread is left waiting at a barrier.
+    if (slots[row] == KV_SKIP_SLOT) return;
     const u64 dst = layer_off + kv_slot_offset(slots[row], kvh, num_kv_heads, block_size, head_dim);
     if (head < num_heads + num_kv_heads) {
         norm_rope_head(ksrc, k_cache + dst, k_w, inv_freq, pos, head_dim, eps, scratch);
@@ -70,6 +76,7 @@ extern "C" __global__ void write_kv(const bf16* __restrict__ k, const bf16* __re
                                     int head_dim, int block_size) {
     const u64 row = blockIdx.x;
     const int kvh = blockIdx.y;
+    if (slots[row] == KV_SKIP_SLOT) return;
     const u64 src = (row * num_kv_heads + kvh) * head_dim;
     const u64 dst = layer_off + kv_slot_offset(slots[row], kvh, num_kv_heads, block_size, head_dim);
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {

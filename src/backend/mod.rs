@@ -6,6 +6,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod decode_graph;
 
 use crate::Result;
 pub use crate::engine::sampling::{Chosen, TokenChoice};
@@ -21,6 +22,28 @@ pub struct AttentionShape {
     pub num_kv_heads: usize,
     pub head_dim: usize,
 }
+
+/// What a backend may need to run a whole forward step its own way instead of op by op
+/// (the CUDA backend replays captured graphs of pure-decode steps; docs/kernels.md).
+pub struct StepContext<'a, W> {
+    /// Every parameter the forward reads. A captured graph holds their device addresses: a
+    /// step whose weights sit elsewhere (a reallocated weight, another model) never replays
+    /// it. In-place updates (AdamW re-rounding `data`) keep the addresses, and a replay reads
+    /// the new values.
+    pub weights: Vec<&'a W>,
+    /// A hash of everything else baked into launches (config, RoPE frequencies).
+    pub model_key: u64,
+    /// The longest context a sequence may reach (max_position_embeddings).
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub attention: AttentionShape,
+    /// RoPE's inverse frequencies (the model keeps them on the host).
+    pub rope_inv_freq: &'a [f32],
+}
+
+/// The model's own forward, op by op, as handed to [`Backend::forward_step`].
+pub type EagerForward<'f, B> =
+    dyn FnMut(&ForwardBatch, &mut <B as Backend>::KvCache) -> Result<<B as Backend>::Tensor> + 'f;
 
 pub trait Backend: Send + Sync {
     type Tensor: Send + Sync;
@@ -107,6 +130,22 @@ pub trait Backend: Send + Sync {
     /// The listed rows, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// Runs one forward step: by default `eager(batch, kv)`. A backend may instead run a
+    /// padded copy of `batch` through `eager` and replay it later (CUDA graphs); it must
+    /// return logits `[batch.logits_rows.len(), vocab]` for `batch` itself.
+    fn forward_step(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut Self::KvCache,
+        ctx: &StepContext<'_, Self::Weight>,
+        eager: &mut EagerForward<'_, Self>,
+    ) -> Result<Self::Tensor>
+    where
+        Self: Sized,
+    {
+        let _ = ctx;
+        eager(batch, kv)
+    }
     /// The next token of each row of final logits (`rows[r]` settings for row r) and its
     /// log-prob under the raw logits: a forced token is kept, otherwise repetition penalty,
     /// then greedy or the seeded draw `counter_uniform(seed, step)`. NaN logits are an error

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::generate::SamplingArgs;
-use super::{Device, KvMemoryArgs, ModelArgs};
+use super::{CudaGraphArgs, Device, KvMemoryArgs, ModelArgs};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, SamplingParams, SeqId};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
@@ -46,6 +46,8 @@ pub struct BatchArgs {
     /// Where the model runs: cpu, or cuda (GPU 0).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    #[command(flatten)]
+    pub graphs: CudaGraphArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -109,7 +111,7 @@ fn prompt_ids(line: &RequestLine, tokenizer: &Tokenizer, raw: bool) -> Result<Ve
 
 pub fn run(args: BatchArgs) -> Result<()> {
     args.model.init_threads()?;
-    on_device!(args.device, backend => run_on(args, backend))
+    on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {

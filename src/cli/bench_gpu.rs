@@ -41,6 +41,10 @@ pub struct BenchGpuArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Decode steps replay CUDA graphs unless --enforce-eager; with graphs on, batch-1 decode
+    /// is also measured eagerly, side by side.
+    #[command(flatten)]
+    pub graphs: super::CudaGraphArgs,
     /// Only these measurements, comma-separated: gemm, decode-attention, prefill-attention,
     /// decode, throughput, training (the copy bandwidth is always measured: the others refer to it).
     #[arg(long)]
@@ -290,6 +294,7 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
             msg: format!("bench-gpu needs a CUDA device, and none could be opened: {reason}"),
         }
     })?;
+    args.graphs.apply(&be);
     let device = device_facts(&be)?;
     eprintln!("bench-gpu on {}", device["name"]);
     let mut failures = Vec::new();
@@ -342,6 +347,19 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
                 if wanted("decode") {
                     let r = engine::decode_batch1(&m, sizes, args.seed, copy_gbs);
                     figures["decode_batch1"] = record("decode", r);
+                    if !args.graphs.enforce_eager {
+                        use crate::backend::cuda::GraphMode;
+                        be.set_cuda_graphs(GraphMode::Eager, args.graphs.max_graph_batch);
+                        let r = engine::decode_batch1(&m, sizes, args.seed, copy_gbs);
+                        args.graphs.apply(&be);
+                        figures["decode_batch1_eager"] = record("decode (eager)", r);
+                        let ms = |k: &str| figures[k]["ms_per_token"].as_f64();
+                        if let (Some(g), Some(e)) = (ms("decode_batch1"), ms("decode_batch1_eager"))
+                        {
+                            eprintln!("decode batch 1: CUDA graphs {:.2}x eager", e / g);
+                            figures["decode_graph_speedup"] = json!(e / g);
+                        }
+                    }
                 }
                 if wanted("throughput") {
                     let r = engine::throughput(&m, sizes, args.seed);
@@ -356,6 +374,11 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
         figures["training"] = record("training", r);
     }
 
+    figures["cuda_graphs"] = json!({
+        "mode": format!("{:?}", be.graph_mode()),
+        "max_batch": args.graphs.max_graph_batch,
+        "stats": be.graph_stats(),
+    });
     let model = format!(
         "random weights, Qwen3-0.6B shape, {} layers (bf16)",
         sizes.layers

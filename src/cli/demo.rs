@@ -100,6 +100,7 @@ fn eval_all(
             out: None,
             svg_dir: None,
             device: super::Device::Cpu,
+            graphs: super::CudaGraphArgs::on(),
         };
         let (summary, outcomes, _) = evaluate::<Arithmetic>(&args, mode)?;
         out.push((summary, outcomes));
@@ -222,6 +223,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         format_error_reward: -1.0,
         checkpoint_every: 0,
         device: super::Device::Cpu,
+        graphs: super::CudaGraphArgs::on(),
         resume: None,
         executor: executor(args.capacity, args.seed, 0.7),
     };

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::data::TaskName;
 use super::think::{ExecutorArgs, register_tags};
-use super::{Device, ModelArgs};
+use super::{CudaGraphArgs, Device, ModelArgs};
 use crate::asyncthink::executor::svg::{forks_histogram_svg, timeline_svg};
 use crate::asyncthink::executor::{QuestionOutcome, ThinkingMode, run_mode};
 use crate::backend::Backend;
@@ -50,6 +50,8 @@ pub struct EvalArgs {
     /// Where the model runs: cpu, or cuda (GPU 0).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    #[command(flatten)]
+    pub graphs: CudaGraphArgs,
 }
 
 /// Summary of a mode over a task file.
@@ -90,7 +92,7 @@ pub fn evaluate<T: Task>(
 where
     T::Item: DeserializeOwned,
 {
-    on_device!(args.device, backend => evaluate_on::<T, _>(args, mode, backend))
+    on_device!(args.device, args.graphs, backend => evaluate_on::<T, _>(args, mode, backend))
 }
 
 fn evaluate_on<T: Task, B: Backend>(

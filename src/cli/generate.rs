@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::Args;
 use serde_json::json;
 
-use super::{Device, KvMemoryArgs, ModelArgs, parse_ids};
+use super::{CudaGraphArgs, Device, KvMemoryArgs, ModelArgs, parse_ids};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions};
@@ -40,6 +40,8 @@ pub struct GenerateArgs {
     /// Where the model runs: cpu, or cuda (GPU 0; needs the CUDA driver and NVRTC).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    #[command(flatten)]
+    pub graphs: CudaGraphArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -86,7 +88,7 @@ impl SamplingArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     args.model.init_threads()?;
     args.sampling.params().validate()?;
-    on_device!(args.device, backend => run_on(args, backend))
+    on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {

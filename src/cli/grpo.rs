@@ -70,6 +70,10 @@ pub struct GrpoArgs {
     /// serves both, with f32 masters for AdamW).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// Rollout decode steps replay CUDA graphs; AdamW updates the weights in place, so the
+    /// graphs stay valid across updates.
+    #[command(flatten)]
+    pub graphs: super::CudaGraphArgs,
     /// Continue from a directory written by this command.
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -208,7 +212,7 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
 }
 
 pub fn run_with(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
-    on_device!(args.device, backend => run_task(args, backend))
+    on_device!(args.device, args.graphs, backend => run_task(args, backend))
 }
 
 fn run_task<B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStepLog>> {

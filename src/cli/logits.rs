@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{Device, ModelArgs, parse_ids};
+use super::{CudaGraphArgs, Device, ModelArgs, parse_ids};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
 use crate::{Error, Result};
@@ -21,11 +21,13 @@ pub struct LogitsArgs {
     /// Where the model runs: cpu, or cuda (GPU 0).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    #[command(flatten)]
+    pub graphs: CudaGraphArgs,
 }
 
 pub fn run(args: LogitsArgs) -> Result<()> {
     args.model.init_threads()?;
-    on_device!(args.device, backend => run_on(args, backend))
+    on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: LogitsArgs, backend: B) -> Result<()> {

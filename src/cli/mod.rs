@@ -1,9 +1,13 @@
 //! The `asyncthink` command line: one file per subcommand.
 
-/// Runs `$body` with `$backend` bound to the backend `$device` names. A macro, not a function
+/// Runs `$body` with `$backend` bound to the backend `$device` names (on CUDA with `$graphs`'
+/// CUDA-graph settings, graphs on when not given). A macro, not a function
 /// taking a closure: the body is generic over the backend type, which a closure cannot be.
 macro_rules! on_device {
     ($device:expr, $backend:ident => $body:expr) => {
+        on_device!($device, $crate::cli::CudaGraphArgs::on(), $backend => $body)
+    };
+    ($device:expr, $graphs:expr, $backend:ident => $body:expr) => {
         match $device {
             $crate::cli::Device::Cpu => {
                 let $backend = $crate::backend::cpu::CpuBackend;
@@ -11,7 +15,7 @@ macro_rules! on_device {
             }
             #[cfg(feature = "cuda")]
             $crate::cli::Device::Cuda => {
-                let $backend = $crate::backend::cuda::CudaBackend::new(0)?;
+                let $backend = $graphs.cuda_backend()?;
                 $body
             }
             #[cfg(not(feature = "cuda"))]
@@ -105,6 +109,48 @@ pub enum Device {
     Cpu,
     /// GPU 0 through the CUDA backend (bf16; needs the CUDA driver, NVRTC and cuBLAS).
     Cuda,
+}
+
+/// CUDA graphs for decode steps (on by default, as in vLLM; docs/kernels.md).
+#[derive(Args, Debug, Clone)]
+pub struct CudaGraphArgs {
+    /// --device cuda: run decode steps op by op instead of replaying a CUDA graph per batch
+    /// size bucket (vLLM's switch of the same name).
+    #[arg(long)]
+    pub enforce_eager: bool,
+    /// --device cuda: largest decode batch replayed from a graph (buckets 1, 2, 4, …, 256 up
+    /// to this); larger decode steps run eagerly.
+    #[arg(long, default_value_t = crate::backend::decode_graph::DEFAULT_MAX_BUCKET)]
+    pub max_graph_batch: usize,
+}
+
+impl CudaGraphArgs {
+    /// Graphs on unless --enforce-eager; the default when no flags were parsed.
+    pub fn on() -> Self {
+        CudaGraphArgs {
+            enforce_eager: false,
+            max_graph_batch: crate::backend::decode_graph::DEFAULT_MAX_BUCKET,
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub fn apply(&self, be: &crate::backend::cuda::CudaBackend) {
+        use crate::backend::cuda::GraphMode;
+        let mode = if self.enforce_eager {
+            GraphMode::Eager
+        } else {
+            GraphMode::Graphs
+        };
+        be.set_cuda_graphs(mode, self.max_graph_batch);
+    }
+
+    /// The backend for --device cuda, GPU 0, with these settings.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_backend(&self) -> Result<crate::backend::cuda::CudaBackend> {
+        let be = crate::backend::cuda::CudaBackend::new(0)?;
+        self.apply(&be);
+        Ok(be)
+    }
 }
 
 /// How much memory the KV cache gets.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Device, KvMemoryArgs, ModelArgs};
+use super::{CudaGraphArgs, Device, KvMemoryArgs, ModelArgs};
 use crate::Result;
 use crate::asyncthink::executor::svg::timeline_svg;
 use crate::asyncthink::executor::{ExecutorConfig, run_episodes};
@@ -54,6 +54,8 @@ pub struct ThinkArgs {
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     #[command(flatten)]
+    pub graphs: CudaGraphArgs,
+    #[command(flatten)]
     pub executor: ExecutorArgs,
     /// The episode (texts, graph, timeline, metrics) as JSON.
     #[arg(long)]
@@ -65,7 +67,7 @@ pub struct ThinkArgs {
 
 pub fn run(args: ThinkArgs) -> Result<()> {
     args.model.init_threads()?;
-    on_device!(args.device, backend => run_on(args, backend))
+    on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: ThinkArgs, backend: B) -> Result<()> {

@@ -7,7 +7,7 @@ use super::batch::ForwardBatch;
 use super::checkpoint::Checkpoint;
 use super::config::Qwen3Config;
 use super::rope::Rope;
-use crate::backend::{AttentionShape, Backend};
+use crate::backend::{AttentionShape, Backend, StepContext};
 use crate::kv::KvLayout;
 use crate::{Error, Result};
 
@@ -202,8 +202,50 @@ impl<B: Backend> Qwen3<B> {
     }
 
     /// One step over a mixed batch: writes every token's K/V into the cache and returns
-    /// logits `[batch.logits_rows.len(), vocab]`.
+    /// logits `[batch.logits_rows.len(), vocab]`. The backend decides how the step runs
+    /// (`Backend::forward_step`: the CUDA backend replays graphs of pure-decode steps).
     pub fn forward(&self, batch: &ForwardBatch, kv: &mut B::KvCache) -> Result<B::Tensor> {
+        if batch.token_ids.is_empty() {
+            return Err(Error::InvalidInput("forward of an empty batch".into()));
+        }
+        let ctx = StepContext {
+            weights: self.weight_refs(),
+            model_key: self.launch_key(),
+            max_model_len: self.config.max_position_embeddings,
+            vocab_size: self.config.vocab_size,
+            attention: self.attention_shape(),
+            rope_inv_freq: &self.rope.inv_freq,
+        };
+        self.backend
+            .forward_step(batch, kv, &ctx, &mut |b, kv| self.forward_eager(b, kv))
+    }
+
+    /// Every parameter, in `parameters`' order, without the names.
+    fn weight_refs(&self) -> Vec<&B::Weight> {
+        let mut out = Vec::with_capacity(2 + 11 * self.layers.len());
+        out.push(&self.embed_tokens);
+        for layer in &self.layers {
+            out.extend(layer.named().map(|(_, w)| w));
+        }
+        out.push(&self.final_norm);
+        out.extend(self.lm_head.as_ref());
+        out
+    }
+
+    /// A hash of the scalars the forward bakes into its launches: the config and the RoPE
+    /// frequencies (a captured graph is only replayed for the model it was captured from).
+    fn launch_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{:?}", self.config).hash(&mut h);
+        for f in &self.rope.inv_freq {
+            f.to_bits().hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// The forward op by op, always (what `forward` runs unless the backend replays a graph).
+    pub fn forward_eager(&self, batch: &ForwardBatch, kv: &mut B::KvCache) -> Result<B::Tensor> {
         if batch.token_ids.is_empty() {
             return Err(Error::InvalidInput("forward of an empty batch".into()));
         }

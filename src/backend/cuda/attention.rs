@@ -6,14 +6,16 @@
 use cudarc::driver::PushKernelArg;
 
 use super::device::{CudaBackend, grid};
+use super::graphs::MetaArg;
 use super::ops::{CudaKvCache, CudaTensor, check_layer, launch_err, shape_err};
 use crate::Result;
 use crate::backend::AttentionShape;
+use crate::backend::decode_graph::{MetaField, decode_splits};
 use crate::model::batch::ForwardBatch;
 
 /// Kernel limits (kernels/attention_*.cu): head_dim up to 128, GQA groups up to 8 in decode.
-const MAX_HEAD_DIM: usize = 128;
-const MAX_DECODE_GROUP: usize = 8;
+pub(super) const MAX_HEAD_DIM: usize = 128;
+pub(super) const MAX_DECODE_GROUP: usize = 8;
 /// M rows of a prefill CTA (PF_M in kernels/attention_prefill.cu): query rows × packed heads.
 const PREFILL_M: usize = 64;
 /// At most this many query heads of a GQA group share a prefill CTA (and its K/V tiles).
@@ -88,7 +90,6 @@ pub fn paged_attention(
         return Ok(out);
     }
     tables.push(0); // never empty: a zero-length device buffer cannot be allocated
-    let tables_d = be.upload(&tables)?;
     let layer_off = (layer * l.layer_elems()) as u64;
     let (nh, nkv, hd, bs) = (
         num_heads as i32,
@@ -101,24 +102,51 @@ pub fn paged_attention(
     let all_decode = batch.seqs.iter().all(|s| s.query_len == 1);
 
     if all_decode && group <= MAX_DECODE_GROUP {
-        // Split the KV range so rows × kv_heads × splits fills about two waves of the GPU.
-        let work = q.rows * num_kv_heads;
-        let want = (2 * be.inner.sm_count).div_ceil(work).clamp(1, max_pages);
-        let pages_per_split = max_pages.div_ceil(want);
-        let splits = max_pages.div_ceil(pages_per_split);
-        let mut row_table = vec![0u32; q.rows];
-        for (s, seq) in batch.seqs.iter().enumerate() {
-            row_table[seq.query_start] = table_off[s];
-        }
-        let row_table_d = be.upload(&row_table)?;
-        let pos_d = be.upload(&batch.positions)?;
+        let (splits, pages_per_split, tables_d, row_table_d) = match be.fixed_decode_split(q.rows) {
+            // A CUDA-graph step: the split is fixed per bucket by the longest context
+            // (splits past a row's context see no keys), and the tables are the bucket's
+            // persistent ones, `width` entries per row.
+            Some((splits, pages_per_split, width)) if max_pages <= width => {
+                let mut padded = vec![0u32; q.rows * width];
+                for seq in &batch.seqs {
+                    let pages = seq.context_len.div_ceil(l.block_size);
+                    padded[seq.query_start * width..][..pages]
+                        .copy_from_slice(&seq.block_table[..pages]);
+                }
+                let row_table: Vec<u32> = (0..q.rows).map(|r| (r * width) as u32).collect();
+                (
+                    splits,
+                    pages_per_split,
+                    be.meta_arg(MetaField::Tables, &padded)?,
+                    be.meta_arg(MetaField::RowTable, &row_table)?,
+                )
+            }
+            _ => {
+                // Split the KV range so rows × kv_heads × splits fills about two waves of the GPU.
+                let (splits, pages_per_split) =
+                    decode_splits(q.rows, num_kv_heads, be.inner.sm_count, max_pages);
+                let mut row_table = vec![0u32; q.rows];
+                for (s, seq) in batch.seqs.iter().enumerate() {
+                    row_table[seq.query_start] = table_off[s];
+                }
+                (
+                    splits,
+                    pages_per_split,
+                    MetaArg::Uploaded(be.upload(&tables)?),
+                    MetaArg::Uploaded(be.upload(&row_table)?),
+                )
+            }
+        };
+        let (tables_p, row_table_p) = (tables_d.ptr(be), row_table_d.ptr(be));
+        let pos_d = be.meta_arg(MetaField::Positions, &batch.positions)?;
+        let pos_p = pos_d.ptr(be);
         let heads = q.rows * num_heads;
         let mut part_o = be.alloc_f32(heads * splits * head_dim)?;
         let mut part_ml = be.alloc_f32(heads * splits * 2)?;
         let pps = pages_per_split as i32;
         let mut b = be.stream().launch_builder(be.func("attention_decode")?);
         b.arg(&q.data).arg(&cache.k).arg(&cache.v).arg(&layer_off);
-        b.arg(&pos_d).arg(&row_table_d).arg(&tables_d);
+        b.arg(&pos_p).arg(&row_table_p).arg(&tables_p);
         b.arg(&mut part_o).arg(&mut part_ml);
         b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&pps).arg(&scale);
         // SAFETY: every row's positions lie inside its table (checked above), the tables'
@@ -162,6 +190,7 @@ pub fn paged_attention(
         return Ok(out);
     }
     tiles.sort_by_key(|t| std::cmp::Reverse(t[1] + t[2]));
+    let tables_d = be.upload(&tables)?;
     let n_tiles = tiles.len();
     let tiles_d = be.upload(&tiles.concat())?;
     let name = if head_dim <= 64 {

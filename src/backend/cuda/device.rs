@@ -1,13 +1,16 @@
 //! `CudaBackend`: one device, one stream, a cuBLAS handle and every kernel loaded once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, LaunchConfig,
+};
 use half::bf16;
 
+use super::graphs::{ActiveStep, GraphState};
 use super::{compile, probe};
 use crate::{Error, Result};
 
@@ -31,9 +34,20 @@ pub(super) struct Inner {
     pub funcs: HashMap<&'static str, CudaFunction>,
     pub arch: &'static str,
     pub sm_count: usize,
-    /// Tests: fill every fresh buffer with NaN, so an element a kernel forgets shows up.
+    /// Tests: fill every fresh buffer with NaN, so an element a kernel forgets shows up
+    /// (not inside a graph capture, where nothing may be uploaded).
     pub poison: AtomicBool,
+    /// cuBLAS's workspace, set explicitly so that a GEMM inside a graph capture never
+    /// allocates (and eager GEMMs use the same one, hence the same algorithms).
+    pub _blas_workspace: CudaSlice<u8>,
+    /// Captured decode graphs per bucket (graphs.rs).
+    pub graphs: Mutex<GraphState>,
+    /// The graph step in progress, whose persistent metadata the ops read.
+    pub active: Mutex<Option<ActiveStep>>,
 }
+
+/// cuBLAS's recommended workspace on Hopper (4 MiB suffices before it).
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// The NVRTC target for a compute capability: the newest one we build for that it runs.
 fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
@@ -88,8 +102,34 @@ impl CudaBackend {
                 funcs.insert(*f, func);
             }
         }
-        let stream = ctx.default_stream();
+        // One stream of our own for everything: the legacy default stream cannot be captured
+        // into a graph. Every buffer lives and is used on this one stream, so cudarc's
+        // cross-stream event tracking is off: its event waits would break a capture.
+        // SAFETY: no buffer of this context exists yet, and all of them will be used on `stream`
+        // only (the backend has no other), so no cross-stream synchronisation is needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| cuda_err(format!("stream: {e:?}")))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err(format!("{e:?}")))?;
+        let mut workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(|e| cuda_err(format!("cuBLAS workspace: {e:?}")))?;
+        let (ws_ptr, ws_guard) = workspace.device_ptr_mut(&stream);
+        // SAFETY: `workspace` is a live device buffer of BLAS_WORKSPACE_BYTES allocated on the
+        // handle's stream; `Inner` keeps it and declares it after `blas`, so the handle is
+        // destroyed before the buffer is freed.
+        let status = unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                ws_ptr as *mut std::ffi::c_void,
+                BLAS_WORKSPACE_BYTES,
+            )
+        };
+        drop(ws_guard);
+        if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(cuda_err(format!("cublasSetWorkspace: {status:?}")));
+        }
         Ok(CudaBackend {
             inner: Arc::new(Inner {
                 ctx,
@@ -99,6 +139,9 @@ impl CudaBackend {
                 arch,
                 sm_count,
                 poison: AtomicBool::new(false),
+                _blas_workspace: workspace,
+                graphs: Mutex::new(GraphState::default()),
+                active: Mutex::new(None),
             }),
         })
     }
@@ -142,7 +185,7 @@ impl CudaBackend {
 
     /// An uninitialised bf16 buffer every element of which the caller's kernel writes.
     pub(super) fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<bf16>> {
-        if self.poisoned() {
+        if self.poisoned() && !self.capturing() {
             return self.upload(&vec![bf16::NAN; n.max(1)]);
         }
         // SAFETY: the memory is uninitialised; every caller launches a kernel that writes all
@@ -152,7 +195,7 @@ impl CudaBackend {
     }
 
     pub(super) fn alloc_f32(&self, n: usize) -> Result<CudaSlice<f32>> {
-        if self.poisoned() {
+        if self.poisoned() && !self.capturing() {
             return self.upload(&vec![f32::NAN; n.max(1)]);
         }
         // SAFETY: as alloc_bf16: the launching kernel writes every element before it is read.

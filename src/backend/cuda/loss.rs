@@ -3,6 +3,7 @@
 //! Pass 1 folds each chunk into every row's running max and sum of exp; pass 2 recomputes
 //! each chunk's logits, turns them into bf16 dlogits and runs the two gradient GEMMs.
 
+use crate::backend::decode_graph::MetaField;
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use half::bf16;
 
@@ -154,7 +155,7 @@ impl CudaBackend {
             return Ok((0.0, token_losses, d_hidden));
         }
         let ta = active.len();
-        let ha = self.gather(&h.data, &active, hidden)?;
+        let ha = self.gather(&h.data, &active, hidden, MetaField::LogitsRows)?;
         let targets_d = self.upload(&active_targets)?;
         let (lse, target_logit) = self.lse_and_target(&ha, w, &targets_d)?;
         let mut loss = 0f64;

@@ -11,6 +11,7 @@ mod attention;
 mod attention_varlen;
 mod blas;
 mod device;
+mod graphs;
 mod loss;
 mod ops;
 mod sampling;
@@ -18,5 +19,6 @@ mod timing;
 mod train;
 
 pub use device::CudaBackend;
+pub use graphs::{GraphMode, GraphStats};
 pub use ops::{CudaKvCache, CudaTensor, CudaWeight};
 pub use train::{CudaAdamState, CudaStats};

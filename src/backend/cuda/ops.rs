@@ -7,7 +7,8 @@ use half::bf16;
 use super::attention;
 use super::blas::Product;
 use super::device::{CudaBackend, cuda_err, elementwise, grid};
-use crate::backend::{AttentionShape, Backend};
+use crate::backend::decode_graph::{MetaField, SKIP_SLOT};
+use crate::backend::{AttentionShape, Backend, EagerForward, StepContext};
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;
 use crate::model::checkpoint::HostTensor;
@@ -76,21 +77,24 @@ impl CudaBackend {
         })
     }
 
-    /// `out[r] = table[ids[r]]` for a device table of `cols`-wide rows (embedding and gather).
+    /// `out[r] = table[ids[r]]` for a device table of `cols`-wide rows (embedding and gather);
+    /// `field` says which of a graph step's metadata `ids` are.
     pub(super) fn gather(
         &self,
         table: &CudaSlice<bf16>,
         ids: &[u32],
         cols: usize,
+        field: MetaField,
     ) -> Result<CudaTensor> {
         let mut out = self.tensor(ids.len(), cols)?;
         if ids.is_empty() {
             return Ok(out);
         }
-        let ids_d = self.upload(ids)?;
+        let ids_d = self.meta_arg(field, ids)?;
+        let ids_p = ids_d.ptr(self);
         let cols_i = cols as i32;
         let mut b = self.stream().launch_builder(self.func("embedding_gather")?);
-        b.arg(table).arg(&ids_d).arg(&mut out.data).arg(&cols_i);
+        b.arg(table).arg(&ids_p).arg(&mut out.data).arg(&cols_i);
         // SAFETY: the caller checked every id against the table's rows; `out` holds
         // ids.len() * cols elements, one block per id.
         unsafe { b.launch(grid(ids.len(), 1, 1, 256)) }.map_err(launch_err("embedding_gather"))?;
@@ -142,8 +146,9 @@ impl CudaBackend {
         if q.rows == 0 {
             return Ok(());
         }
-        let pos_d = self.upload(positions)?;
-        let freq_d = self.upload(&rope.inv_freq)?;
+        let pos_d = self.meta_arg(MetaField::Positions, positions)?;
+        let pos_p = pos_d.ptr(self);
+        let (freq_p, _freq_owner) = self.freq_arg(&rope.inv_freq)?;
         let (nh, nkv, hd) = (num_heads as i32, num_kv_heads as i32, head_dim as i32);
         let null: u64 = 0;
         // Checks and uploads first: the launch builder holds q and k mutably borrowed.
@@ -152,8 +157,10 @@ impl CudaBackend {
                 check_slots(&c.layout, slots, q.rows)?;
                 check_layer(&c.layout, *layer)?;
                 same_shape("qk_norm_rope (v)", k, v)?;
+                let slots_d = self.meta_arg(MetaField::Slots, slots)?;
                 Some((
-                    self.upload(slots)?,
+                    slots_d.ptr(self),
+                    slots_d,
                     (layer * c.layout.layer_elems()) as u64,
                     c.layout.block_size as i32,
                 ))
@@ -165,9 +172,9 @@ impl CudaBackend {
         b.arg(&mut q.data).arg(&mut k.data);
         let no_slots;
         let (heads, layer_off, block_size) = match (cache, v, &fused) {
-            (Some((cache, _, _)), Some(v), Some((slots_d, layer_off, block_size))) => {
+            (Some((cache, _, _)), Some(v), Some((slots_p, _, layer_off, block_size))) => {
                 b.arg(&v.data).arg(&q_norm.data).arg(&k_norm.data);
-                b.arg(&pos_d).arg(&freq_d).arg(slots_d);
+                b.arg(&pos_p).arg(&freq_p).arg(slots_p);
                 b.arg(&mut cache.k).arg(&mut cache.v);
                 (num_heads + 2 * num_kv_heads, *layer_off, *block_size)
             }
@@ -175,7 +182,7 @@ impl CudaBackend {
                 // v, k_cache and v_cache are null: the kernel transforms k in place.
                 no_slots = self.upload(&[0u32])?;
                 b.arg(&null).arg(&q_norm.data).arg(&k_norm.data);
-                b.arg(&pos_d).arg(&freq_d).arg(&no_slots);
+                b.arg(&pos_p).arg(&freq_p).arg(&no_slots);
                 b.arg(&null).arg(&null);
                 (num_heads + num_kv_heads, 0u64, 1i32)
             }
@@ -275,7 +282,11 @@ fn check_slots(l: &KvLayout, slots: &[u32], rows: usize) -> Result<()> {
             format!("{} slots for {rows} rows", slots.len()),
         ));
     }
-    if let Some(&s) = slots.iter().find(|&&s| s as usize >= capacity) {
+    // SKIP_SLOT marks a row whose K/V is not written (padding of a graph decode step).
+    if let Some(&s) = slots
+        .iter()
+        .find(|&&s| s as usize >= capacity && s != SKIP_SLOT)
+    {
         return Err(shape_err(
             "write_kv",
             format!("slot {s} beyond the cache's {capacity} slots"),
@@ -329,7 +340,7 @@ impl Backend for CudaBackend {
                 "token id {bad} is outside the vocabulary (size {vocab})"
             )));
         }
-        self.gather(&table.data, ids, table.cols())
+        self.gather(&table.data, ids, table.cols(), MetaField::TokenIds)
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaWeight, eps: f32) -> Result<CudaTensor> {
@@ -483,7 +494,8 @@ impl Backend for CudaBackend {
         if k.rows == 0 {
             return Ok(());
         }
-        let slots_d = self.upload(slot_mapping)?;
+        let slots_d = self.meta_arg(MetaField::Slots, slot_mapping)?;
+        let slots_p = slots_d.ptr(self);
         let layer_off = (layer * l.layer_elems()) as u64;
         let (nkv, hd, bs) = (
             l.num_kv_heads as i32,
@@ -493,7 +505,7 @@ impl Backend for CudaBackend {
         let mut b = self.stream().launch_builder(self.func("write_kv")?);
         b.arg(&k.data)
             .arg(&v.data)
-            .arg(&slots_d)
+            .arg(&slots_p)
             .arg(&mut cache.k)
             .arg(&mut cache.v);
         b.arg(&layer_off).arg(&nkv).arg(&hd).arg(&bs);
@@ -545,7 +557,17 @@ impl Backend for CudaBackend {
         if let Some(&r) = rows.iter().find(|&&r| r as usize >= x.rows) {
             return Err(shape_err("gather_rows", format!("row {r} of {}", x.rows)));
         }
-        self.gather(&x.data, rows, x.cols)
+        self.gather(&x.data, rows, x.cols, MetaField::LogitsRows)
+    }
+
+    fn forward_step(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut CudaKvCache,
+        ctx: &StepContext<'_, CudaWeight>,
+        eager: &mut EagerForward<'_, Self>,
+    ) -> Result<CudaTensor> {
+        self.graph_forward_step(batch, kv, ctx, eager)
     }
 
     fn device_memory(&self) -> Option<(usize, usize)> {

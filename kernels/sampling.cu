@@ -29,6 +29,7 @@
 #define NO_ROW 0xffffffffu  // "none" in the u32 per-row parameters (forced token, penalized row)
 
 __device__ __forceinline__ u64 order_key(float v, u32 idx) {
+    if (v == 0.0f) v = 0.0f;  // -0 ties +0, as on the host, so the lower index wins
     u32 b = __float_as_uint(v);
     b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);  // float order as unsigned order
     return ((u64)b << 32) | (u64)(~idx);
@@ -134,7 +135,9 @@ __device__ float mass_ge(const Row& r, u64 t, bool as_mass, float p_floor, float
 template <typename F>
 __device__ u64 search_largest(u64 lo, u64 hi, float target, F f) {
     while (lo < hi) {
-        const u64 mid = lo + (hi - lo + 1) / 2;
+        // hi − (hi − lo) / 2 is the upper midpoint without lo + hi + 1, which wraps at
+        // hi = 2^64 − 1 (a NaN logit at token 0 has that key) and would never terminate.
+        const u64 mid = hi - (hi - lo) / 2;
         if (f(mid) >= target) lo = mid; else hi = mid - 1;
     }
     return lo;

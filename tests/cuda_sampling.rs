@@ -285,6 +285,20 @@ fn nan_rows_are_reported_by_row_and_first_token() {
         .collect();
     let got = be.select_tokens(&lt, &forced).unwrap_err().to_string();
     assert!(got.contains("row 1") && got.contains("token 700"), "{got}");
+    // NaN at token 0 of a sampled row: its order key is the largest u64, which once made the
+    // kernel's binary search wrap around and never return.
+    let mut row0 = rand_bf16(vocab, 42, 4.0);
+    row0[0] = f32::NAN;
+    let lt = be.tensor_from_host(&row0, 1, vocab).unwrap();
+    let p = params(1.0);
+    let sampled = [TokenChoice {
+        params: &p,
+        step: 3,
+        history: &[],
+        forced: None,
+    }];
+    let got = be.select_tokens(&lt, &sampled).unwrap_err().to_string();
+    assert!(got.contains("row 0") && got.contains("token 0"), "{got}");
 }
 
 #[test]

@@ -57,6 +57,36 @@ pub fn decode_splits(
     (max_pages.div_ceil(pages_per_split), pages_per_split)
 }
 
+/// Longest KV piece one decode CTA of a graph step reads, in tokens: short enough that a
+/// context of a few thousand tokens still spreads over many CTAs, as the eager rule would.
+pub const GRAPH_SPLIT_TOKENS: usize = 256;
+
+/// Cap on one bucket's split-KV partials (f32 `o` per row × head × split × head_dim).
+pub const GRAPH_PARTIALS_BYTES: usize = 64 << 20;
+
+/// Decode attention's split for a graph bucket, fixed at capture while contexts vary from
+/// step to step: pieces of at most `GRAPH_SPLIT_TOKENS` (so a short context gets about as
+/// many active CTAs as the eager rule gives it), unless the partials would pass
+/// `GRAPH_PARTIALS_BYTES` — then as many splits as fit, never fewer than the eager rule
+/// wants at the longest context. Splits past a row's context see no keys and cost one
+/// early exit. Returns (splits, pages_per_split).
+pub fn graph_decode_splits(
+    rows: usize,
+    shape: crate::backend::AttentionShape,
+    block_size: usize,
+    sm_count: usize,
+    max_pages: usize,
+) -> (usize, usize) {
+    let max_pages = max_pages.max(1);
+    let (eager_splits, _) = decode_splits(rows, shape.num_kv_heads, sm_count, max_pages);
+    let per_split = rows.max(1) * shape.num_heads * shape.head_dim * std::mem::size_of::<f32>();
+    let fit = (GRAPH_PARTIALS_BYTES / per_split.max(1)).max(eager_splits);
+    let short = (GRAPH_SPLIT_TOKENS / block_size.max(1)).max(1);
+    let splits = max_pages.div_ceil(short).min(fit).max(1);
+    let pages_per_split = max_pages.div_ceil(splits);
+    (max_pages.div_ceil(pages_per_split), pages_per_split)
+}
+
 /// Where each field sits in the packed u32 metadata of a bucket (element offsets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetaField {
@@ -271,6 +301,42 @@ mod tests {
             assert!(
                 s >= 1 && s * pps >= 700 && (s - 1) * pps < 700,
                 "rows {rows}"
+            );
+        }
+    }
+
+    #[test]
+    fn graph_splits_stay_short_for_small_buckets_and_fit_memory_for_large_ones() {
+        // Qwen3-0.6B on an H200: 16 heads, 8 KV heads, head_dim 128, 40960 tokens.
+        let shape = crate::backend::AttentionShape {
+            num_heads: 16,
+            num_kv_heads: 8,
+            head_dim: 128,
+        };
+        let (s, pps) = graph_decode_splits(1, shape, 16, 132, 2560);
+        assert_eq!(
+            pps * 16,
+            GRAPH_SPLIT_TOKENS,
+            "bucket 1 reads 256-token pieces"
+        );
+        assert_eq!(s, 160);
+        // A 4k-token context then runs on 16 splits × 8 KV heads, about one wave.
+        assert_eq!(4096usize.div_ceil(pps * 16), 16);
+        for rows in BUCKETS {
+            let (s, pps) = graph_decode_splits(rows, shape, 16, 132, 2560);
+            assert!(
+                s * pps >= 2560 && (s - 1) * pps < 2560,
+                "rows {rows}: covers"
+            );
+            let bytes = rows * 16 * 128 * 4 * s;
+            let eager = decode_splits(rows, 8, 132, 2560).0;
+            assert!(
+                bytes <= GRAPH_PARTIALS_BYTES || s <= eager,
+                "rows {rows}: {bytes} bytes of partials"
+            );
+            assert!(
+                s >= eager.min(160),
+                "rows {rows}: {s} splits < eager {eager}"
             );
         }
     }

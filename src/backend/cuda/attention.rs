@@ -5,7 +5,7 @@
 
 use cudarc::driver::PushKernelArg;
 
-use super::device::{CudaBackend, grid};
+use super::device::{CudaBackend, cuda_err, grid};
 use super::graphs::MetaArg;
 use super::ops::{CudaKvCache, CudaTensor, check_layer, launch_err, shape_err};
 use crate::Result;
@@ -122,6 +122,11 @@ pub fn paged_attention(
                 )
             }
             _ => {
+                if be.capturing() {
+                    return Err(cuda_err(
+                        "decode attention inside a graph capture without the bucket's split",
+                    ));
+                }
                 // Split the KV range so rows × kv_heads × splits fills about two waves of the GPU.
                 let (splits, pages_per_split) =
                     decode_splits(q.rows, num_kv_heads, be.inner.sm_count, max_pages);

@@ -28,6 +28,12 @@
 //! fingerprint drops every graph (recaptured lazily). In-place weight updates (AdamW) keep the
 //! addresses, so replays read the new weights; anything that reallocates changes the
 //! fingerprint.
+//!
+//! Threads: the backend has one stream. A graph step holds the graph state's lock from the
+//! metadata upload to the end of capture or replay, so graph steps never interleave, but
+//! other work launched on the same backend from another thread during a capture would be
+//! recorded into the graph (or break it). The engine, the executor and GRPO drive a backend
+//! from one thread; sharing one across threads mid-step is not supported.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -42,7 +48,8 @@ use super::device::{CudaBackend, cuda_err};
 use super::ops::{CudaKvCache, CudaTensor, CudaWeight};
 use crate::Result;
 use crate::backend::decode_graph::{
-    DEFAULT_MAX_BUCKET, DecodePlan, MetaField, MetaLayout, bucket_for, decode_splits, max_pages,
+    DEFAULT_MAX_BUCKET, DecodePlan, MetaField, MetaLayout, bucket_for, graph_decode_splits,
+    max_pages,
 };
 use crate::backend::{EagerForward, StepContext};
 use crate::model::batch::ForwardBatch;
@@ -325,7 +332,25 @@ impl CudaBackend {
         let GraphState { buckets, stats, .. } = &mut *g;
         let bucket = match buckets.entry(bucket_size) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.new_bucket(&plan, ctx)?),
+            std::collections::hash_map::Entry::Vacant(_)
+                if stats.failed_buckets.contains(&bucket_size) =>
+            {
+                return eager(batch, kv);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                match self.new_bucket(&plan, ctx, layout.block_size) {
+                    Ok(b) => e.insert(b),
+                    // Out of memory for the bucket's buffers: this size runs eagerly.
+                    Err(err) => {
+                        eprintln!(
+                            "warning: no CUDA graph for decode bucket {bucket_size}, it runs \
+                             eagerly: {err}"
+                        );
+                        stats.failed_buckets.push(bucket_size);
+                        return eager(batch, kv);
+                    }
+                }
+            }
         };
 
         // The one metadata upload of the step. Stream order puts it after the previous
@@ -339,13 +364,23 @@ impl CudaBackend {
                 .map_err(|e| cuda_err(format!("graph metadata upload: {e:?}")))?;
         }
 
-        if let Some(graph) = &bucket.graph {
-            graph
-                .0
-                .launch()
-                .map_err(|e| cuda_err(format!("graph launch (bucket {bucket_size}): {e:?}")))?;
-            stats.replays += 1;
-            return self.first_rows(&bucket.logits, plan.real, vocab);
+        match bucket.graph.as_ref().map(|graph| graph.0.launch()) {
+            Some(Ok(())) => {
+                stats.replays += 1;
+                return self.first_rows(&bucket.logits, plan.real, vocab);
+            }
+            // A launch the driver refuses (e.g. no memory to map the graph's pool) leaves the
+            // step to the padded eager path below, and the bucket to it from then on.
+            Some(Err(e)) => {
+                eprintln!(
+                    "warning: CUDA graph launch of decode bucket {bucket_size} failed, it runs \
+                     eagerly: {e:?}"
+                );
+                bucket.graph = None;
+                bucket.failed = true;
+                stats.failed_buckets.push(bucket_size);
+            }
+            None => {}
         }
 
         // Warm-up (or every step, in Padded mode or after a failed capture): the padded
@@ -419,11 +454,17 @@ impl CudaBackend {
         Ok(graph)
     }
 
-    fn new_bucket(&self, plan: &DecodePlan, ctx: &StepContext<'_, CudaWeight>) -> Result<Bucket> {
+    fn new_bucket(
+        &self,
+        plan: &DecodePlan,
+        ctx: &StepContext<'_, CudaWeight>,
+        kv_block_size: usize,
+    ) -> Result<Bucket> {
         let layout = plan.layout;
-        let (splits, pages_per_split) = decode_splits(
+        let (splits, pages_per_split) = graph_decode_splits(
             layout.bucket,
-            ctx.attention.num_kv_heads,
+            ctx.attention,
+            kv_block_size,
             self.inner.sm_count,
             layout.max_pages,
         );

@@ -310,22 +310,55 @@ __device__ __forceinline__ void decode_split(const bf16* __restrict__ q,
     }
 }
 
-#define DEC_ENTRY(G)                                                                              \
-    extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) attention_decode_g##G(          \
-        const bf16* __restrict__ q, const bf16* __restrict__ k_cache,                             \
-        const bf16* __restrict__ v_cache, u64 layer_off, const u32* __restrict__ row_pos,         \
-        const u32* __restrict__ row_table, const u32* __restrict__ block_tables,                  \
-        float* __restrict__ part_o, float* __restrict__ part_ml, int num_heads, int num_kv_heads, \
-        int head_dim, int block_size, int pages_per_split, float scale) {                         \
-        decode_split<G>(q, k_cache, v_cache, layer_off, row_pos, row_table, block_tables, part_o, \
-                        part_ml, num_heads, num_kv_heads, head_dim, block_size, pages_per_split,  \
-                        scale);                                                                   \
-    }
+// Entry points, one per register capacity G (the host picks one: decode_kernel in
+// src/backend/cuda/attention.rs); spelled out so each name is greppable.
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
+attention_decode_g1(const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+                    const bf16* __restrict__ v_cache, u64 layer_off, const u32* __restrict__ row_pos,
+                    const u32* __restrict__ row_table, const u32* __restrict__ block_tables,
+                    float* __restrict__ part_o, float* __restrict__ part_ml, int num_heads,
+                    int num_kv_heads, int head_dim, int block_size, int pages_per_split,
+                    float scale) {
+    decode_split<1>(q, k_cache, v_cache, layer_off, row_pos, row_table, block_tables, part_o,
+                    part_ml, num_heads, num_kv_heads, head_dim, block_size, pages_per_split,
+                    scale);
+}
 
-DEC_ENTRY(1)
-DEC_ENTRY(2)
-DEC_ENTRY(4)
-DEC_ENTRY(8)
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
+attention_decode_g2(const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+                    const bf16* __restrict__ v_cache, u64 layer_off, const u32* __restrict__ row_pos,
+                    const u32* __restrict__ row_table, const u32* __restrict__ block_tables,
+                    float* __restrict__ part_o, float* __restrict__ part_ml, int num_heads,
+                    int num_kv_heads, int head_dim, int block_size, int pages_per_split,
+                    float scale) {
+    decode_split<2>(q, k_cache, v_cache, layer_off, row_pos, row_table, block_tables, part_o,
+                    part_ml, num_heads, num_kv_heads, head_dim, block_size, pages_per_split,
+                    scale);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
+attention_decode_g4(const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+                    const bf16* __restrict__ v_cache, u64 layer_off, const u32* __restrict__ row_pos,
+                    const u32* __restrict__ row_table, const u32* __restrict__ block_tables,
+                    float* __restrict__ part_o, float* __restrict__ part_ml, int num_heads,
+                    int num_kv_heads, int head_dim, int block_size, int pages_per_split,
+                    float scale) {
+    decode_split<4>(q, k_cache, v_cache, layer_off, row_pos, row_table, block_tables, part_o,
+                    part_ml, num_heads, num_kv_heads, head_dim, block_size, pages_per_split,
+                    scale);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
+attention_decode_g8(const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
+                    const bf16* __restrict__ v_cache, u64 layer_off, const u32* __restrict__ row_pos,
+                    const u32* __restrict__ row_table, const u32* __restrict__ block_tables,
+                    float* __restrict__ part_o, float* __restrict__ part_ml, int num_heads,
+                    int num_kv_heads, int head_dim, int block_size, int pages_per_split,
+                    float scale) {
+    decode_split<8>(q, k_cache, v_cache, layer_off, row_pos, row_table, block_tables, part_o,
+                    part_ml, num_heads, num_kv_heads, head_dim, block_size, pages_per_split,
+                    scale);
+}
 
 // out[row, head, :] = sum_s o_s * exp(m_s - M) / sum_s l_s * exp(m_s - M), M = max_s m_s.
 extern "C" __global__ void attention_decode_reduce(const float* __restrict__ part_o,

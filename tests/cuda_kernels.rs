@@ -279,6 +279,19 @@ fn decode_attention_matches_cpu() {
         check_attention(&be, shape, &[(15, 1), (16, 1), (31, 1), (4, 1)], "decode");
         check_attention(&be, shape, &[(700, 1), (33, 1)], "decode");
     }
+    // The kernel's other paths: a group of 3 in the G = 4 kernel with head_dim 13 (rows not
+    // 16-byte aligned: element loads), a group of 5 in the G = 8 kernel with head_dim 72
+    // (lanes past it masked); block sizes 3 and 1 (pages change inside a 32-position step).
+    let s = |num_heads, num_kv_heads, head_dim| AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    };
+    for shape in [s(6, 2, 13), s(10, 2, 72)] {
+        check_attention(&be, shape, &[(0, 1), (40, 1), (300, 1)], "decode");
+        check_attention_paged(&be, shape, 3, &[(7, 1), (95, 1)], "decode, blocks of 3");
+        check_attention_paged(&be, shape, 1, &[(0, 1), (66, 1)], "decode, blocks of 1");
+    }
 }
 
 #[test]

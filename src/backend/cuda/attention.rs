@@ -16,6 +16,18 @@ use crate::model::batch::ForwardBatch;
 /// Kernel limits (kernels/attention_*.cu): head_dim up to 128, GQA groups up to 8 in decode.
 pub(super) const MAX_HEAD_DIM: usize = 128;
 pub(super) const MAX_DECODE_GROUP: usize = 8;
+
+/// The decode kernel sized for a GQA group (kernels/attention_decode.cu): its registers hold
+/// G = 1, 2, 4 or 8 heads, the smallest that fits `group` (heads past `group` are skipped).
+fn decode_kernel(group: usize) -> Option<&'static str> {
+    match group {
+        1 => Some("attention_decode_g1"),
+        2 => Some("attention_decode_g2"),
+        3..=4 => Some("attention_decode_g4"),
+        5..=MAX_DECODE_GROUP => Some("attention_decode_g8"),
+        _ => None,
+    }
+}
 /// M rows of a prefill CTA (PF_M in kernels/attention_prefill.cu): query rows × packed heads.
 const PREFILL_M: usize = 64;
 /// At most this many query heads of a GQA group share a prefill CTA (and its K/V tiles).
@@ -101,7 +113,7 @@ pub fn paged_attention(
     let group = num_heads / num_kv_heads;
     let all_decode = batch.seqs.iter().all(|s| s.query_len == 1);
 
-    if all_decode && group <= MAX_DECODE_GROUP {
+    if let (true, Some(decode_name)) = (all_decode, decode_kernel(group)) {
         let (splits, pages_per_split, tables_d, row_table_d) = match be.fixed_decode_split(q.rows) {
             // A CUDA-graph step: the split is fixed per bucket by the longest context
             // (splits past a row's context see no keys), and the tables are the bucket's
@@ -149,15 +161,16 @@ pub fn paged_attention(
         let mut part_o = be.alloc_f32(heads * splits * head_dim)?;
         let mut part_ml = be.alloc_f32(heads * splits * 2)?;
         let pps = pages_per_split as i32;
-        let mut b = be.stream().launch_builder(be.func("attention_decode")?);
+        let mut b = be.stream().launch_builder(be.func(decode_name)?);
         b.arg(&q.data).arg(&cache.k).arg(&cache.v).arg(&layer_off);
         b.arg(&pos_p).arg(&row_table_p).arg(&tables_p);
         b.arg(&mut part_o).arg(&mut part_ml);
         b.arg(&nh).arg(&nkv).arg(&hd).arg(&bs).arg(&pps).arg(&scale);
         // SAFETY: every row's positions lie inside its table (checked above), the tables'
-        // pages inside the pool; part_o/part_ml hold rows × heads × splits entries.
+        // pages inside the pool; part_o/part_ml hold rows × heads × splits entries; the
+        // kernel's G (decode_kernel) is at least the group, head_dim <= 128 (checked above).
         unsafe { b.launch(grid(q.rows, num_kv_heads, splits, 128)) }
-            .map_err(launch_err("attention_decode"))?;
+            .map_err(launch_err(decode_name))?;
         let splits_i = splits as i32;
         let mut b = be
             .stream()
@@ -214,4 +227,27 @@ pub fn paged_attention(
     // heads stay inside num_heads; out holds rows × num_heads × head_dim.
     unsafe { b.launch(grid(n_tiles, num_heads / pack, 1, 128)) }.map_err(launch_err(name))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::compile::KERNELS;
+
+    #[test]
+    fn every_decode_group_has_a_registered_kernel_that_holds_it() {
+        let registered: Vec<&str> = KERNELS.iter().flat_map(|k| k.functions).copied().collect();
+        for group in 1..=MAX_DECODE_GROUP {
+            let name = decode_kernel(group).unwrap();
+            let g: usize = name
+                .strip_prefix("attention_decode_g")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(g >= group && g < 2 * group, "group {group} -> {name}");
+            assert!(registered.contains(&name), "{name} not in KERNELS");
+        }
+        assert_eq!(decode_kernel(0), None);
+        assert_eq!(decode_kernel(MAX_DECODE_GROUP + 1), None);
+    }
 }

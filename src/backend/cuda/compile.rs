@@ -56,7 +56,13 @@ pub const KERNELS: &[KernelFile] = &[
     KernelFile {
         name: "attention_decode",
         source: include_str!("../../../kernels/attention_decode.cu"),
-        functions: &["attention_decode", "attention_decode_reduce"],
+        functions: &[
+            "attention_decode_g1",
+            "attention_decode_g2",
+            "attention_decode_g4",
+            "attention_decode_g8",
+            "attention_decode_reduce",
+        ],
         no_spill: true,
     },
     KernelFile {

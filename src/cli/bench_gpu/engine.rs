@@ -160,21 +160,6 @@ pub fn decode_batch1(
     }))
 }
 
-/// KV blocks free device memory holds after a reserve for activations, cuBLAS workspace
-/// and logits, capped at `needed`.
-fn blocks_from_free_memory(be: &CudaBackend, block_bytes: usize, needed: usize) -> Result<usize> {
-    let (free, total) = be.memory_info()?;
-    let reserve = (total / 10).max(2 << 30);
-    let fits = free.saturating_sub(reserve) / block_bytes;
-    if fits == 0 {
-        return Err(Error::KvCacheFull(format!(
-            "{free} bytes free leave no room for {block_bytes}-byte KV blocks beside a \
-             {reserve}-byte reserve; pass --kv-blocks"
-        )));
-    }
-    Ok(fits.min(needed))
-}
-
 #[derive(Debug, Clone, Serialize)]
 struct Run {
     seconds: f64,
@@ -229,21 +214,25 @@ pub fn throughput(m: &BenchModel, sizes: &Sizes, seed: u64) -> Result<Value> {
         })
         .collect();
     let needed: usize = lens.iter().map(|(i, o)| (i + o).div_ceil(BLOCK_SIZE)).sum();
-    let block_bytes = kv_bytes_per_token(model) * BLOCK_SIZE;
-    let (num_blocks, source) = match sizes.kv_blocks {
-        Some(b) => (b, "--kv-blocks"),
-        None => (
-            blocks_from_free_memory(be, block_bytes, needed)?,
-            "free device memory less a reserve, capped at the need",
-        ),
-    };
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         block_size: BLOCK_SIZE,
-        num_blocks,
         max_batched_tokens: sizes.max_batched_tokens,
         max_num_seqs: n,
         ..EngineConfig::default()
     };
+    let source = match sizes.kv_blocks {
+        Some(b) => {
+            cfg.num_blocks = b;
+            "--kv-blocks"
+        }
+        None => {
+            // The serving rule (`--gpu-memory-utilization` 0.9), capped at the need.
+            cfg = cfg.with_kv_memory(model, None, 0.9)?;
+            cfg.num_blocks = cfg.num_blocks.min(needed);
+            "0.9 of device memory less weights and an activation reserve, capped at the need"
+        }
+    };
+    let block_bytes = kv_bytes_per_token(model) * BLOCK_SIZE;
     let mut engine = Engine::new(model, None, cfg.clone())?;
     for _ in 0..sizes.warmup.max(1) {
         let warm = (0..n.min(4))

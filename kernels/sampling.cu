@@ -2,11 +2,11 @@
 // (Backend::select_tokens, src/backend/cuda/sampling.rs) runs repetition_penalty (if any row
 // uses it), sample, then token_logprob, and downloads only ids, log-probs and NaN flags.
 //
-// argmax: the first index of the maximum (torch.argmax's tie rule, as engine/sampling.rs).
 // repetition_penalty: an f32 copy of each penalized row with transformers' rule applied to the
 //   row's distinct history tokens (x < 0 ? x * p : x / p, the host's f32 arithmetic); the raw
 //   bf16 logits stay untouched for the log-probs.
-// sample: a forced token is kept; temperature 0 is the argmax; otherwise temperature, then
+// sample: a forced token is kept; temperature 0 is the argmax (first index of the maximum,
+//   torch.argmax's tie rule, as engine/sampling.rs); otherwise temperature, then
 //   top-k, top-p and min-p over the scaled logits, then a draw, exactly the rules of
 //   engine::sampling::sample_with_draw, with the draw u in [0, 1) a counter-based hash of
 //   (seed, step) (engine::sampling::counter_uniform computes the same bits on the host), so a run
@@ -21,7 +21,7 @@
 // each step a block-wide pass over the row. That is ~64 passes per question; a radix select
 // would need ~8 (future work, docs/kernels.md).
 //
-// Launch: argmax, sample, token_logprob: grid (rows), block (1024); repetition_penalty: grid
+// Launch: sample, token_logprob: grid (rows), block (1024); repetition_penalty: grid
 // (penalized rows), block (256).
 
 #define SAMPLE_THREADS 1024
@@ -46,19 +46,6 @@ __device__ u64 block_max_u64(u64 v, u64* scratch) {
     __syncthreads();
     for (int w = 0; w < (int)(blockDim.x >> 5); ++w) v = scratch[w] > v ? scratch[w] : v;
     return v;
-}
-
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-argmax(const bf16* __restrict__ logits, u32* __restrict__ out, int vocab) {
-    __shared__ u64 scratch[32];
-    const bf16* x = logits + (u64)blockIdx.x * vocab;
-    u64 best = 0;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        const u64 key = order_key(to_f32(x[i]), (u32)i);
-        best = key > best ? key : best;
-    }
-    best = block_max_u64(best, scratch);
-    if (threadIdx.x == 0) out[blockIdx.x] = ~(u32)(best & 0xffffffffu);
 }
 
 // splitmix64 finaliser of (seed, step): a counter-based stream, u = top 24 bits / 2^24.

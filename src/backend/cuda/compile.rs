@@ -97,7 +97,7 @@ pub const KERNELS: &[KernelFile] = &[
     KernelFile {
         name: "sampling",
         source: include_str!("../../../kernels/sampling.cu"),
-        functions: &["argmax", "repetition_penalty", "sample", "token_logprob"],
+        functions: &["repetition_penalty", "sample", "token_logprob"],
         no_spill: true,
     },
 ];

@@ -69,23 +69,6 @@ impl SelectPlan {
 }
 
 impl CudaBackend {
-    /// First index of each row's maximum.
-    pub fn argmax(&self, logits: &CudaTensor) -> Result<Vec<u32>> {
-        if logits.rows == 0 || logits.cols == 0 {
-            return Ok(vec![0; logits.rows]);
-        }
-        let mut out = self.alloc_u32(logits.rows, "argmax")?;
-        let vocab = logits.cols as i32;
-        let mut b = self.stream().launch_builder(self.func("argmax")?);
-        b.arg(&logits.data).arg(&mut out).arg(&vocab);
-        // SAFETY: one block per row of `vocab` logits; out holds one id per row.
-        unsafe { b.launch(grid(logits.rows, 1, 1, SAMPLE_THREADS)) }
-            .map_err(launch_err("argmax"))?;
-        self.stream()
-            .clone_dtoh(&out)
-            .map_err(|e| shape_err("argmax", format!("{e:?}")))
-    }
-
     fn alloc_u32(&self, n: usize, op: &str) -> Result<CudaSlice<u32>> {
         self.stream()
             .alloc_zeros::<u32>(n.max(1))

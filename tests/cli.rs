@@ -112,7 +112,11 @@ fn bad_input_fails_with_a_message_not_a_panic() {
 #[cfg(feature = "cuda")]
 #[test]
 fn device_cuda_runs_or_fails_cleanly() {
+    use asyncthink::backend::cuda::probe;
     let gpu = asyncthink::backend::cuda::CudaBackend::new(0).err();
+    if let Some(e) = gpu.as_ref().filter(|_| probe::gpu_required()) {
+        panic!("no GPU under {}=1: {e}", probe::REQUIRE_GPU_ENV);
+    }
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"id\": 1, \"prompt\": \"What is 3 + 4?\"}\n").unwrap();

@@ -20,8 +20,12 @@ fn bench_gpu(args: &[&str]) -> Output {
 fn no_gpu_reason() -> Option<String> {
     #[cfg(feature = "cuda")]
     {
+        use asyncthink::backend::cuda::probe;
         match asyncthink::backend::cuda::CudaBackend::new(0) {
             Ok(_) => None,
+            Err(e) if probe::gpu_required() => {
+                panic!("no GPU under {}=1: {e}", probe::REQUIRE_GPU_ENV)
+            }
             Err(asyncthink::Error::Backend { msg, .. }) => Some(msg),
             Err(e) => Some(e.to_string()),
         }

@@ -21,6 +21,45 @@ use common::gpu::{assert_close, gpu, rand_bf16, round_bf16, weight};
 /// small absolute floor covers it with margin, while a wrong index or formula is off by O(1).
 const ELEM_TOL: f32 = 1e-2;
 
+/// ASYNCTHINK_REQUIRE_GPU=1 turns a skip into a failure: this binary runs one GPU test of its
+/// own as a subprocess, with and without the switch. With a usable GPU both runs pass.
+#[test]
+fn require_gpu_turns_a_skip_into_a_failure() {
+    use asyncthink::backend::cuda::probe::REQUIRE_GPU_ENV;
+    let has_gpu = CudaBackend::new(0).is_ok();
+    let run = |require: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "embedding_and_gather_copy_rows_exactly",
+            "--test-threads=1",
+        ]);
+        if require {
+            cmd.env(REQUIRE_GPU_ENV, "1");
+        } else {
+            cmd.env_remove(REQUIRE_GPU_ENV);
+        }
+        let out = cmd.output().expect("run this test binary");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("1 passed") || text.contains("1 failed"),
+            "one test ran: {text}"
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(false);
+    assert!(ok, "without the switch the test passes (or skips): {text}");
+    assert!(has_gpu || text.contains("skipped"), "{text}");
+    let (ok, text) = run(true);
+    if has_gpu {
+        assert!(ok, "with a GPU the required test passes: {text}");
+    } else {
+        assert!(!ok, "without a GPU the required test must fail: {text}");
+        assert!(text.contains(&format!("{REQUIRE_GPU_ENV}=1")), "{text}");
+    }
+}
+
 #[test]
 fn embedding_and_gather_copy_rows_exactly() {
     let Some(be) = gpu("embedding") else { return };

@@ -1,7 +1,8 @@
 //! `asyncthink kernels compile`: every CUDA kernel through the same NVRTC path the backend
 //! uses at run time, for a named architecture; no GPU needed. Writes the PTX, checks its ISA
 //! version, and with ptxas at hand reports registers, shared memory and spills per entry
-//! point, failing when an attention or norm kernel spills.
+//! point, failing when an attention or norm kernel spills. The output directory, with its
+//! `manifest.json`, is a precompiled set the backend loads through `$ASYNCTHINK_KERNEL_DIR`.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::backend::cuda::compile::{self, KERNELS};
+use crate::backend::cuda::kernel_set::{self, ManifestEntry};
 use crate::backend::cuda::ptxas;
 use crate::{Error, Result};
 
@@ -54,10 +56,12 @@ fn compile_all(a: CompileArgs) -> Result<()> {
         .or_else(|| ptxas::find_ptxas(Some(&include)));
 
     let mut entries = Vec::new();
+    let mut manifest = Vec::new();
     let mut spilled = Vec::new();
     for k in KERNELS {
         let ptx = compile::compile_ptx(k, arch, &include)?;
-        let file = out_dir.join(format!("{}.{arch}.ptx", k.name));
+        let ptx_name = format!("{}.{arch}.ptx", k.name);
+        let file = out_dir.join(&ptx_name);
         std::fs::write(&file, &ptx).map_err(|e| Error::io(&file, e))?;
         let version = compile::ptx_version(&ptx).unwrap_or_default();
         let resources = match &ptxas_bin {
@@ -79,6 +83,14 @@ fn compile_all(a: CompileArgs) -> Result<()> {
                 spilled.push(format!("{}::{}", k.name, r.function));
             }
         }
+        let cubin = file.with_extension("cubin");
+        manifest.push(ManifestEntry {
+            name: k.name.into(),
+            source_hash: kernel_set::source_hash(k),
+            ptx: ptx_name,
+            cubin: (ptxas_bin.is_some() && cubin.is_file())
+                .then(|| format!("{}.{arch}.cubin", k.name)),
+        });
         if resources.is_empty() {
             println!(
                 "{arch}  {:<18} PTX {}.{} (no ptxas: resources not measured)",
@@ -94,10 +106,13 @@ fn compile_all(a: CompileArgs) -> Result<()> {
             "resources": resources,
         }));
     }
+    // The set a GPU machine can load with $ASYNCTHINK_KERNEL_DIR instead of running NVRTC.
+    kernel_set::write_manifest(&out_dir, arch, manifest)?;
     if let Some(path) = &a.report {
         let report = json!({
             "arch": arch,
             "commit": env!("ASYNCTHINK_COMMIT"),
+            "kernel_set_hash": kernel_set::set_hash(),
             "compiler": "NVRTC (run-time path), ptxas -v for resources",
             "kernels": entries,
         });

@@ -35,6 +35,8 @@ pub mod data;
 mod demo;
 pub mod eval;
 mod generate;
+#[cfg(feature = "cuda")]
+mod gpu_probe;
 pub mod grpo;
 #[cfg(feature = "cuda")]
 mod kernels;
@@ -98,6 +100,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: kernels::KernelsCommand,
     },
+    /// Check the GPU before trusting it: driver, device, a kernel launch and a cuBLAS GEMM
+    /// against the CPU, and the CUDA libraries really loaded; exits 1 naming what failed.
+    #[cfg(feature = "cuda")]
+    GpuProbe(gpu_probe::GpuProbeArgs),
 }
 
 /// Model location and CPU threads, shared by every subcommand that runs a model.
@@ -251,5 +257,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(a),
         #[cfg(feature = "cuda")]
         Command::Kernels { cmd } => kernels::run(cmd),
+        #[cfg(feature = "cuda")]
+        Command::GpuProbe(a) => gpu_probe::run(a),
     }
 }

@@ -2,18 +2,25 @@
 //! inputs, and the comparisons against the CPU reference.
 
 use asyncthink::backend::Backend;
-use asyncthink::backend::cuda::{CudaBackend, CudaWeight};
+use asyncthink::backend::cuda::{CudaBackend, CudaWeight, probe};
 use asyncthink::model::checkpoint::HostTensor;
 use half::bf16;
 use std::io::Write;
 
 /// The device with every fresh buffer poisoned (NaN), or None after printing why the test
-/// skips (no driver, device, NVRTC, cuBLAS or CUDA headers).
+/// skips (no driver, device, NVRTC, cuBLAS or CUDA headers). Under ASYNCTHINK_REQUIRE_GPU=1
+/// (the GPU check) no GPU is a failure, not a skip.
 pub fn gpu(test: &str) -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(b) => {
             b.set_poison(true);
             Some(b)
+        }
+        Err(e) if probe::gpu_required() => {
+            panic!(
+                "GPU test {test}: no GPU under {}=1: {e}",
+                probe::REQUIRE_GPU_ENV
+            )
         }
         Err(e) => {
             // Straight to the stderr handle: the test harness captures eprintln!, and a skip

@@ -11,7 +11,8 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::graphs::{ActiveStep, GraphState};
-use super::{compile, probe};
+use super::kernel_set::{self, KernelSource};
+use super::probe;
 use crate::{Error, Result};
 
 pub(super) fn cuda_err(msg: impl std::fmt::Display) -> Error {
@@ -34,6 +35,7 @@ pub(super) struct Inner {
     pub funcs: HashMap<&'static str, CudaFunction>,
     pub arch: &'static str,
     pub sm_count: usize,
+    pub kernel_source: KernelSource,
     /// Tests: fill every fresh buffer with NaN, so an element a kernel forgets shows up
     /// (not inside a graph capture, where nothing may be uploaded).
     pub poison: AtomicBool,
@@ -65,18 +67,28 @@ fn arch_for(major: i32, minor: i32) -> Result<&'static str> {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal`, compiles every kernel for it with NVRTC and loads them.
+    /// Opens device `ordinal` and loads every kernel for it: from the precompiled set that
+    /// `$ASYNCTHINK_KERNEL_DIR` names, else compiled by NVRTC (once per process).
     /// A missing driver, device, NVRTC or cuBLAS is an error, never a panic.
     pub fn new(ordinal: usize) -> Result<Self> {
         probe::require_driver()?;
-        let count =
-            CudaContext::device_count().map_err(|e| cuda_err(format!("no CUDA device ({e:?})")))?;
+        let count = CudaContext::device_count().map_err(|e| {
+            let stubs = probe::stub_libraries();
+            let why = if stubs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; stub libraries were loaded instead of the driver's: {}",
+                    stubs.join(", ")
+                )
+            };
+            cuda_err(format!("no CUDA device ({e:?}){why}"))
+        })?;
         if ordinal >= count.max(0) as usize {
             return Err(cuda_err(format!(
                 "no CUDA device {ordinal} ({count} device(s) present)"
             )));
         }
-        probe::require_nvrtc()?;
         probe::require_cublas()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| cuda_err(format!("{e:?}")))?;
         let (major, minor) = ctx
@@ -88,13 +100,16 @@ impl CudaBackend {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(|e| cuda_err(format!("{e:?}")))? as usize;
-        let include = compile::find_cuda_include()?;
+        let (kernel_source, images) = kernel_set::images(arch)?;
         let mut funcs = HashMap::new();
-        for k in compile::KERNELS {
-            let ptx = compile::compile_ptx(k, arch, &include)?;
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .map_err(|e| cuda_err(format!("loading kernels/{}.cu: {e:?}", k.name)))?;
+        for (k, image) in images {
+            let module = ctx.load_module(image.to_cudarc()).map_err(|e| {
+                cuda_err(format!(
+                    "loading kernels/{}.cu ({}): {e:?}",
+                    k.name,
+                    image.kind()
+                ))
+            })?;
             for f in k.functions {
                 let func = module
                     .load_function(f)
@@ -138,6 +153,7 @@ impl CudaBackend {
                 funcs,
                 arch,
                 sm_count,
+                kernel_source,
                 poison: AtomicBool::new(false),
                 _blas_workspace: workspace,
                 graphs: Mutex::new(GraphState::default()),
@@ -148,6 +164,11 @@ impl CudaBackend {
 
     pub fn arch(&self) -> &'static str {
         self.inner.arch
+    }
+
+    /// Where the loaded kernels came from: NVRTC or a precompiled set.
+    pub fn kernel_source(&self) -> &KernelSource {
+        &self.inner.kernel_source
     }
 
     pub fn device_name(&self) -> Result<String> {

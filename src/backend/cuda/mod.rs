@@ -4,8 +4,10 @@
 //! installed; `CudaBackend::new` reports a missing driver or device as an error.
 
 pub mod compile;
+pub mod kernel_set;
 pub mod probe;
 pub mod ptxas;
+pub mod self_test;
 
 mod attention;
 mod attention_varlen;

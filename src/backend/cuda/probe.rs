@@ -51,3 +51,55 @@ pub fn require_cublas() -> Result<()> {
         Err(missing("no cuBLAS library (libcublas) found"))
     }
 }
+
+/// The CUDA libraries this process has actually mapped (from /proc/self/maps), by file name:
+/// what was loaded, not what a search path suggests. Empty where /proc is unavailable.
+pub fn loaded_libraries() -> Vec<(String, String)> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, String)> = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        let Some(file) = path.rsplit('/').next() else {
+            continue;
+        };
+        let cuda = ["libcuda.so", "libcublas", "libnvrtc", "libnvJitLink"]
+            .iter()
+            .any(|p| file.starts_with(p));
+        if cuda && !found.iter().any(|(_, p)| p == path) {
+            found.push((file.to_string(), path.to_string()));
+        }
+    }
+    found
+}
+
+/// Stub libraries (a CUDA toolkit's `lib/stubs/`) load and then fail every call; a mapped one
+/// explains any failure that follows.
+pub fn stub_libraries() -> Vec<String> {
+    loaded_libraries()
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.contains("/stubs/"))
+        .collect()
+}
+
+/// The driver's CUDA version as (major, minor), e.g. (13, 0) for driver 580.
+pub fn driver_version() -> Result<(i32, i32)> {
+    require_driver()?;
+    let mut v = 0i32;
+    // SAFETY: libcuda is present (checked above); cuDriverGetVersion only writes one int and
+    // needs no cuInit.
+    let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    if r != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Err(missing(&format!("cuDriverGetVersion: {r:?}")));
+    }
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+/// Set to 1 by the GPU check: GPU tests then fail where they would skip, so a broken
+/// environment cannot read as a passing run.
+pub const REQUIRE_GPU_ENV: &str = "ASYNCTHINK_REQUIRE_GPU";
+
+pub fn gpu_required() -> bool {
+    std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v == "1")
+}

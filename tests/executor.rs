@@ -278,3 +278,47 @@ fn the_untrained_model_is_recorded_never_hangs() {
     }
     assert!(!engine.has_unfinished());
 }
+
+/// A lone agent is active at every step of its critical path, so η is exactly 1 even when
+/// prompts prefill in chunks over several steps (the steps before an episode's first token,
+/// when it has no active agent, used to count and pull η below 1).
+#[test]
+fn a_lone_agent_has_concurrency_exactly_one_under_chunked_prefill() {
+    let (model, tok) = setup();
+    let cfg = EngineConfig {
+        num_blocks: 256,
+        max_batched_tokens: 24,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(&model, Some(&tok), cfg).unwrap();
+    let questions: Vec<String> = (0..6)
+        .map(|i| format!("Question {i}: what is the sum of 3, 4, 5 and {i}?"))
+        .collect();
+    let scripts: Vec<Script> = (0..6)
+        .map(|i| {
+            script(
+                &format!("thinking alone {i}\n<ANSWER>{}</ANSWER>", 12 + i),
+                &[],
+            )
+        })
+        .collect();
+    let outs = run_episodes(
+        &mut engine,
+        &tok,
+        &ExecutorConfig::new(1),
+        &questions,
+        Some(&scripts),
+        0,
+    )
+    .unwrap();
+    for o in &outs {
+        assert!(
+            o.record.format_errors.is_empty(),
+            "{:?}",
+            o.record.format_errors
+        );
+        assert_eq!(o.record.concurrency, 1.0, "{}", o.question);
+        assert_eq!(o.record.wall_clock_steps, o.organizer.tokens);
+        assert_eq!(o.critical_path_tokens, o.organizer.tokens);
+    }
+}

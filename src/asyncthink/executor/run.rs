@@ -173,8 +173,14 @@ impl<B: Backend> Run<'_, '_, B> {
                 break;
             }
             let outputs = self.engine.step()?;
-            for e in self.episodes.iter_mut().filter(|e| !e.done) {
-                e.activity.push(0);
+            // A step in which none of an episode's agents produced a token (its prompt still
+            // prefilling in a chunk, or every agent waiting) is not a step of its critical
+            // path: counting it made η of a lone agent fall below 1.
+            let live: Vec<usize> = (0..self.episodes.len())
+                .filter(|&i| !self.episodes[i].done)
+                .collect();
+            for &i in &live {
+                self.episodes[i].activity.push(0);
             }
             for out in outputs {
                 let Some(&(ep, role)) = self.owner.get(&out.seq) else {
@@ -189,6 +195,12 @@ impl<B: Backend> Run<'_, '_, B> {
                 // The token may have ended the episode (its answer, or a format error).
                 if let (Some(reason), false) = (out.finish, self.episodes[ep].done) {
                     self.on_finish(ep, role, reason)?;
+                }
+            }
+            for i in live {
+                let activity = &mut self.episodes[i].activity;
+                if activity.last() == Some(&0) {
+                    activity.pop();
                 }
             }
             self.step += 1;

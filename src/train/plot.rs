@@ -9,7 +9,7 @@ pub fn loss_curve_svg(train: &[(u64, f64)], eval: &[(u64, f64)]) -> String {
 
 /// About `n` round tick values covering [lo, hi] (steps of 1, 2 or 5 × 10^k).
 pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if !(hi > lo) || n == 0 {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) || n == 0 {
         return vec![lo];
     }
     let raw = (hi - lo) / n as f64;
@@ -58,10 +58,10 @@ pub fn curve_svg(y_title: &str, train: &[(u64, f64)], eval: &[(u64, f64)]) -> St
     }
     let y_ticks = ticks(y0, y1, 5);
     // The top tick may sit just under the largest value: extend the range to the next tick.
-    if let [.., a, b] = y_ticks[..] {
-        if y1 > b + 1e-12 {
-            y1 = b + (b - a);
-        }
+    if let [.., a, b] = y_ticks[..]
+        && y1 > b + 1e-12
+    {
+        y1 = b + (b - a);
     }
     let y_ticks = ticks(y0, y1, 5);
     let px = |s: f64| left + (s / x1 as f64) * (w - left - right);

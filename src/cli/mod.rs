@@ -162,8 +162,9 @@ impl CudaGraphArgs {
 /// How much memory the KV cache gets.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct KvMemoryArgs {
-    /// KV cache memory in MiB. Default: 1024 on the CPU; on a GPU, what
-    /// --gpu-memory-utilization leaves.
+    /// KV cache memory in MiB. Default: on the CPU, what --max-num-seqs sequences at the
+    /// model's full length can fill, at most 1024; on a GPU, what --gpu-memory-utilization
+    /// leaves.
     #[arg(long)]
     pub kv_cache_mb: Option<usize>,
     /// Fraction of the GPU's memory this process may use (weights, activations and KV cache

@@ -33,7 +33,8 @@ impl EngineConfig {
 
     /// `kv_cache_mb` when given; otherwise, on a backend with device memory, what
     /// `device_fraction` of it leaves once the weights (already loaded) and one step's
-    /// activations are counted; otherwise `DEFAULT_HOST_KV_MB`.
+    /// activations are counted; otherwise what the engine can fill, capped at
+    /// `DEFAULT_HOST_KV_MB`.
     pub fn with_kv_memory<B: Backend>(
         self,
         model: &Qwen3<B>,
@@ -44,12 +45,28 @@ impl EngineConfig {
             return Ok(self.with_kv_budget(model, mb << 20));
         }
         match model.backend.device_memory() {
-            None => Ok(self.with_kv_budget(model, DEFAULT_HOST_KV_MB << 20)),
+            None => Ok(self.with_host_kv(model)),
             Some((free, total)) => {
                 let reserve = self.activation_reserve(model);
                 let bytes = kv_bytes_from_fraction(free, total, device_fraction, reserve)?;
                 Ok(self.with_kv_budget(model, bytes))
             }
+        }
+    }
+
+    /// Host memory: no more blocks than the engine can ever fill (every running sequence at
+    /// the model's full length), and at most `DEFAULT_HOST_KV_MB`. A 100k-parameter model
+    /// then takes a few MiB instead of zeroing a whole GiB on every start.
+    fn with_host_kv<B: Backend>(self, model: &Qwen3<B>) -> Self {
+        let capped = self.with_kv_budget(model, DEFAULT_HOST_KV_MB << 20);
+        let per_seq = model
+            .config
+            .max_position_embeddings
+            .div_ceil(capped.block_size.max(1));
+        let most = capped.max_num_seqs.max(1) * per_seq;
+        EngineConfig {
+            num_blocks: capped.num_blocks.min(most),
+            ..capped
         }
     }
 
@@ -124,5 +141,27 @@ mod tests {
             let e = kv_bytes_from_fraction(80 * GIB, 80 * GIB, f, 0).unwrap_err();
             assert!(e.to_string().contains("gpu-memory-utilization"), "{e}");
         }
+    }
+
+    /// On the host the cache holds what the engine can fill, not a fixed GiB: the tiny
+    /// embedded model gets max_num_seqs × 512 positions (2048 blocks of 4 KiB, 8 MiB), and an
+    /// explicit --kv-cache-mb still wins.
+    #[test]
+    fn host_cache_is_sized_from_what_the_engine_can_fill() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::model::ModelSource;
+        let (model, _) = ModelSource::Embedded.load(CpuBackend).unwrap();
+        let cfg = EngineConfig::default();
+        let per_seq = model
+            .config
+            .max_position_embeddings
+            .div_ceil(cfg.block_size);
+        let sized = cfg.clone().with_kv_memory(&model, None, 0.9).unwrap();
+        assert_eq!(sized.num_blocks, cfg.max_num_seqs * per_seq);
+        let fixed = cfg.with_kv_memory(&model, Some(64), 0.9).unwrap();
+        assert!(
+            fixed.num_blocks > sized.num_blocks,
+            "--kv-cache-mb 64 is honoured"
+        );
     }
 }

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -155,13 +154,7 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
         }
     }
 
-    let bar = ProgressBar::new(pending.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} requests  {msg}  [{elapsed_precise}<{eta_precise}]",
-        )
-        .map_err(|e| Error::InvalidInput(e.to_string()))?,
-    );
+    let bar = super::progress::bar(pending.len() as u64, "requests")?;
     let started = Instant::now();
     while engine.has_unfinished() {
         for out in engine.step()? {

@@ -118,10 +118,15 @@ pub fn write_report(
         all.extend(more);
     }
     let text = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = out {
-        crate::util::write_atomic(path, text.as_bytes())?;
+    // With --out the report goes to the file and one line says where; without it, stdout is
+    // the report.
+    match out {
+        Some(path) => {
+            crate::util::write_atomic(path, text.as_bytes())?;
+            eprintln!("wrote the report to {}", path.display());
+        }
+        None => println!("{text}"),
     }
-    println!("{text}");
     Ok(())
 }
 

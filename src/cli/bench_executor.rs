@@ -154,7 +154,11 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
     let (model, tokenizer) = source.load(CpuBackend)?;
 
     let mut rows = Vec::new();
+    // Four measurements per capacity: one episode, the plain engine at its width, a batch of
+    // questions, the plain engine at the batch's width.
+    let bar = super::progress::bar(4 * capacities.len() as u64, "measurements")?;
     for &capacity in &capacities {
+        bar.set_message(format!("capacity {capacity}: one episode"));
         // One episode alone: executor latency against critical path × step time.
         let (single, wall, single_stats) = median_of(
             5,
@@ -173,8 +177,14 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
         let active = (episode.total_tokens as f64 / single_stats.steps.max(1) as f64)
             .round()
             .max(1.0) as usize;
+        bar.inc(1);
+        bar.set_message(format!(
+            "capacity {capacity}: plain engine at {active} sequences"
+        ));
         let (step_seconds, _) =
             median_of(5, || plain_step_seconds(&model, active, 96, 64), |r| r.0)?;
+        bar.inc(1);
+        bar.set_message(format!("capacity {capacity}: {} questions", args.questions));
         let ideal = episode.critical_path_tokens as f64 * step_seconds;
 
         // A batch of questions: episodes/s, and tokens/s against the plain engine decoding
@@ -192,11 +202,16 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
         let mean_active = (generated as f64 / batch_steps.max(1) as f64)
             .round()
             .max(1.0);
+        bar.inc(1);
+        bar.set_message(format!(
+            "capacity {capacity}: plain engine at {mean_active} sequences"
+        ));
         let (_, plain_tok_s) = median_of(
             3,
             || plain_step_seconds(&model, mean_active as usize, 96, 64),
             |r| r.1,
         )?;
+        bar.inc(1);
         let tok_s = generated as f64 / seconds;
         let row = json!({
             "capacity": capacity,
@@ -233,7 +248,7 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
                 "computed_tokens": stats.computed_tokens,
             },
         });
-        eprintln!(
+        bar.suspend(|| eprintln!(
             "c={capacity}: one episode {:.3} s vs critical path {} × {:.2} ms = {:.3} s ({:.2}×); \
              {} questions {:.2} episodes/s, {:.0} tok/s = {:.0}% of the plain engine at {} seqs, \
              {:.0}% of the time outside the forward",
@@ -248,9 +263,10 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
             100.0 * tok_s / plain_tok_s,
             mean_active,
             100.0 * (1.0 - stats.forward_seconds / seconds)
-        );
+        ));
         rows.push(row);
     }
+    bar.finish_and_clear();
     let figures = json!({
         "worker_words": args.worker_words,
         "results": rows,

@@ -180,10 +180,14 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let mut sft = SftTrainer::new(model, data, Vec::new(), config, source.tokenizer_files()?)?;
     let mut curve = Vec::new();
+    let bar = super::progress::bar(args.sft_steps, "SFT steps")?;
     while !sft.is_done() {
         let log = sft.train_step()?;
         curve.push((log.step, log.loss));
+        bar.set_message(format!("loss {:.3}", log.loss));
+        bar.set_position(log.step);
     }
+    bar.finish_and_clear();
     let sft_dir = out.join("sft");
     sft.save(&sft_dir)?;
     write_atomic(

@@ -161,7 +161,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     };
     println!(
-        "{:?}: {} questions, accuracy {:.3}, format-valid {:.3}, critical path {:.1} tokens, concurrency {:.2}, {:.1} tokens/question, {:.1} s",
+        "{:?}: {} questions, accuracy {:.3}, format-valid {:.3}, critical path {:.1} tokens, thinking concurrency η {:.2} (mean active agents), {:.1} tokens/question, {:.1} s",
         summary.mode,
         summary.questions,
         summary.accuracy,

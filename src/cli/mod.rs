@@ -41,6 +41,7 @@ pub mod grpo;
 #[cfg(feature = "cuda")]
 mod kernels;
 mod logits;
+mod progress;
 mod sft;
 pub mod think;
 

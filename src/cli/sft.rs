@@ -6,7 +6,6 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Device;
 use super::ModelArgs;
@@ -125,14 +124,8 @@ fn run_on<B: TrainBackend>(args: SftArgs, backend: B) -> Result<()> {
         .map_err(|e| Error::io(&metrics_path, e))?;
     let (mut train_curve, mut eval_curve) = read_curves(&metrics_path);
     let total = trainer.state.config.steps;
-    let bar = ProgressBar::new(total);
+    let bar = super::progress::bar(total, "steps")?;
     bar.set_position(trainer.state.step);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
-        )
-        .map_err(|e| Error::InvalidInput(e.to_string()))?,
-    );
     let every = trainer.state.config.checkpoint_every;
     while !trainer.is_done() {
         let log = trainer.train_step()?;

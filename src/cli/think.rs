@@ -95,7 +95,8 @@ fn run_on<B: Backend>(args: ThinkArgs, backend: B) -> Result<()> {
         println!("format error: {e}");
     }
     println!(
-        "critical path {} tokens, {} tokens in all, {} forks, η {:.2} (η/c {:.2}), {} steps, {:.2} s",
+        "critical path {} tokens, {} tokens in all, {} forks, thinking concurrency η {:.2} (mean \
+         active agents; η/c {:.2} of the capacity), {} steps, {:.2} s",
         ep.critical_path_tokens,
         ep.total_tokens,
         ep.forks,
@@ -113,15 +114,29 @@ fn run_on<B: Backend>(args: ThinkArgs, backend: B) -> Result<()> {
     Ok(())
 }
 
-/// Makes each tag one token when the tokenizer and the model have room for them.
+/// Makes each tag one token when the tokenizer and the model have room for them. A model
+/// without spare embedding rows keeps them as plain text: said once per process, in words a
+/// newcomer can act on (a demo or GRPO run registers tags many times).
 pub fn register_tags(
     tokenizer: &mut crate::tokenizer::Tokenizer,
     cfg: &ExecutorConfig,
     vocab: usize,
 ) {
+    static NOTED: std::sync::Once = std::sync::Once::new();
     match tokenizer.add_special_tokens(&cfg.tag_strings(), vocab) {
         Ok(0) => {}
-        Ok(n) => eprintln!("registered {n} protocol tags as special tokens"),
-        Err(e) => eprintln!("note: tags stay plain text: {e}"),
+        Ok(n) => NOTED.call_once(|| eprintln!("registered {n} protocol tags as special tokens")),
+        Err(e) => NOTED.call_once(|| {
+            let why = match e {
+                crate::Error::Tokenizer(msg) => msg,
+                other => other.to_string(),
+            };
+            eprintln!(
+                "note: the AsyncThink tags (<FORK-i>, <JOIN-i>, <ANSWER>, ...) are read as plain \
+                 text, a few tokens each, because the model has no spare embedding rows for them \
+                 ({why}). Everything works the same; a checkpoint with room for them in its \
+                 vocabulary would spend one token per tag."
+            )
+        }),
     }
 }

@@ -14,7 +14,8 @@ pub fn timeline_svg(e: &EpisodeOutcome) -> String {
         .max(e.workers.iter().map(|w| w.end_step).max().unwrap_or(0))
         .max(1);
     let width = 760.0;
-    let scale = (width - LEFT - 20.0) / steps as f64;
+    // Room on the right for a lane's note ("never joined", "failed").
+    let scale = (width - LEFT - 96.0) / steps as f64;
     let x = |s: usize| LEFT + s as f64 * scale;
     let lane_of = |w: Option<u32>| match w {
         None => 0,

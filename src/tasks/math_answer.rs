@@ -98,30 +98,40 @@ pub fn normalize(s: &str) -> String {
     ] {
         t = unwrap_command(&t, cmd);
     }
-    for (from, to) in [
-        ("\\left", ""),
-        ("\\right", ""),
-        ("\\!", ""),
-        ("\\,", ""),
-        ("\\;", ""),
-        ("\\:", ""),
-        ("\\ ", ""),
-        ("~", ""),
-        ("$", ""),
-        ("\\dfrac", "\\frac"),
-        ("\\tfrac", "\\frac"),
-        ("^{\\circ}", ""),
-        ("^\\circ", ""),
-        ("\\circ", ""),
-        ("°", ""),
-        ("\\%", ""),
-        ("%", ""),
-        ("{,}", ","),
-        ("\\cdot", "*"),
-        ("\\times", "*"),
-    ] {
-        t = t.replace(from, to);
-    }
+    // Per piece between `\\` row separators: otherwise `\ ` (a LaTeX space) would eat the
+    // separator's second backslash and `1 \\ 2` would become `1\2`.
+    t = t
+        .split("\\\\")
+        .map(|piece| {
+            let mut piece = piece.to_string();
+            for (from, to) in [
+                ("\\left", ""),
+                ("\\right", ""),
+                ("\\!", ""),
+                ("\\,", ""),
+                ("\\;", ""),
+                ("\\:", ""),
+                ("\\ ", ""),
+                ("~", ""),
+                ("$", ""),
+                ("\\dfrac", "\\frac"),
+                ("\\tfrac", "\\frac"),
+                ("^{\\circ}", ""),
+                ("^\\circ", ""),
+                ("\\circ", ""),
+                ("°", ""),
+                ("\\%", ""),
+                ("%", ""),
+                ("{,}", ","),
+                ("\\cdot", "*"),
+                ("\\times", "*"),
+            ] {
+                piece = piece.replace(from, to);
+            }
+            piece
+        })
+        .collect::<Vec<_>>()
+        .join("\\\\");
     t.retain(|c| !c.is_whitespace());
     while t.ends_with('.') {
         t.pop();
@@ -356,6 +366,22 @@ mod tests {
         for (reply, expected) in no {
             assert!(!answers_match(reply, expected), "{reply} vs {expected}");
         }
+    }
+
+    #[test]
+    fn row_separator_followed_by_space_stays_a_separator() {
+        let key = r"\begin{pmatrix}1\\2\end{pmatrix}";
+        for reply in [
+            r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}",
+            r"\boxed{\begin{pmatrix}1\\ 2\end{pmatrix}}",
+        ] {
+            assert!(answers_match(reply, key), "{reply}");
+        }
+        assert!(!answers_match(
+            r"\boxed{\begin{pmatrix}1\\ 2\end{pmatrix}}",
+            "12"
+        ));
+        assert_eq!(normalize(r"1 \\ 2"), normalize(r"1\\2"));
     }
 
     proptest! {

@@ -425,6 +425,10 @@ fn adversarial_sizes_are_refused_quickly() {
     let fracs = format!("{}1{}", r"\frac{".repeat(3000), "}{2}".repeat(3000));
     assert!(!answers_match(&fracs, "0"));
     let _ = parse_number(&fracs);
+    // Non-ASCII text next to separators (a proptest find: byte slicing inside a char).
+    for reply in ["*'Ⱥ\"é,t", "Ⱥ\\cupé", "Ⱥ&é\\\\ü"] {
+        assert!(!answers_match(reply, "1"));
+    }
     // Identical text still matches even when it cannot be evaluated.
     assert!(answers_match(r"\boxed{10^{100000}}", "10^{100000}"));
     assert!(start.elapsed() < std::time::Duration::from_secs(5));

@@ -204,6 +204,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         model: ModelArgs {
             model: Some(sft_dir.clone()),
             threads: None,
+            skip_weight_check: args.model.skip_weight_check,
         },
         tasks: train_path,
         task: TaskName::Arithmetic,
@@ -248,6 +249,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ModelArgs {
             model: Some(sft_dir.clone()),
             threads: None,
+            skip_weight_check: args.model.skip_weight_check,
         },
         &eval_path,
         args.capacity,
@@ -258,6 +260,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let trained_model = ModelArgs {
         model: Some(grpo_dir.join("final")),
         threads: None,
+        skip_weight_check: args.model.skip_weight_check,
     };
     let trained = eval_all(
         trained_model,

@@ -165,9 +165,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 2. Format SFT.
     let source = args.model.source();
     let (model, tokenizer) = source.load_for_training(CpuBackend)?;
-    let data = load_jsonl(&traces_path, &tokenizer, 1024)?;
+    // Never past the model's positions (the tiny default has 512): longer traces are cut,
+    // and the run says so.
+    let max_len = 1024.min(model.config.max_position_embeddings);
+    let data = load_jsonl(&traces_path, &tokenizer, max_len)?;
+    if let Some(msg) = crate::train::sft_data::describe_cuts(&traces_path, &data, max_len) {
+        eprintln!("{msg}");
+    }
     let config = SftConfig {
         steps: args.sft_steps,
+        max_len,
         batch_tokens: 2048,
         seed: args.seed,
         optim: OptimConfig {

@@ -1,6 +1,6 @@
 // Next-token selection on the GPU, one block per sequence (row of logits); the engine's step
 // (Backend::select_tokens, src/backend/cuda/sampling.rs) runs repetition_penalty (if any row
-// uses it), sample, then token_logprob, and downloads only ids, log-probs and NaN flags.
+// uses it), sample, then token_logprob, and downloads only ids, log-probs and non-finite flags.
 //
 // repetition_penalty: an f32 copy of each penalized row with transformers' rule applied to the
 //   row's distinct history tokens (x < 0 ? x * p : x / p, the host's f32 arithmetic); the raw
@@ -11,7 +11,7 @@
 //   engine::sampling::sample_with_draw, with the draw u in [0, 1) a counter-based hash of
 //   (seed, step) (engine::sampling::counter_uniform computes the same bits on the host), so a run
 //   is reproducible and needs no RNG state on the device.
-// token_logprob: per row the first NaN index, the log-sum-exp of the raw logits (f32 exps summed
+// token_logprob: per row the first non-finite (NaN or Inf) index, the log-sum-exp of the raw logits (f32 exps summed
 //   in f64, as the host sums in f64) and log softmax at the chosen token.
 //
 // Selection without sorting: each logit gets a 64-bit key, larger = earlier in the host's order
@@ -219,7 +219,7 @@ sample(const bf16* __restrict__ logits, const float* __restrict__ penalized,
     if (threadIdx.x == 0) out[b] = ~(u32)(t & 0xffffffffu);
 }
 
-// result[3b..] = chosen token, log-prob (f32 bits), first NaN index or NO_ROW; lse[b] = the
+// result[3b..] = chosen token, log-prob (f32 bits), first NaN/Inf index or NO_ROW; lse[b] = the
 // row's log-sum-exp (kept on the device).
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 token_logprob(const bf16* __restrict__ logits, const u32* __restrict__ tokens,
@@ -230,10 +230,10 @@ token_logprob(const bf16* __restrict__ logits, const u32* __restrict__ tokens,
     const int b = blockIdx.x;
     const bf16* x = logits + (u64)b * vocab;
     float mx = -INFINITY;
-    u64 nan_key = 0;  // vocab - i of the first NaN: larger = earlier; 0 = none
+    u64 nan_key = 0;  // vocab - i of the first NaN or Inf: larger = earlier; 0 = none
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         const float v = to_f32(x[i]);
-        if (isnan(v)) {
+        if (!isfinite(v)) {
             const u64 key = (u64)(vocab - i);
             nan_key = key > nan_key ? key : nan_key;
         } else {

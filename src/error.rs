@@ -34,6 +34,10 @@ pub enum Error {
     #[error("invalid input: {0}")]
     InvalidInput(String),
 
+    /// NaN or Inf where numbers must be finite (weights at load, logits at run time).
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
+
     #[error("KV cache is full: {0}")]
     KvCacheFull(String),
 

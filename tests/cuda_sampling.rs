@@ -23,7 +23,7 @@
 mod common;
 
 use asyncthink::backend::cuda::CudaBackend;
-use asyncthink::backend::{Backend, Chosen, TokenChoice};
+use asyncthink::backend::{Backend, Chosen, NonFinite, RowChoice, TokenChoice};
 use asyncthink::engine::SamplingParams;
 use asyncthink::engine::sampling::{
     apply_repetition_penalty, argmax, counter_uniform, log_prob, sample_with_draw, select_on_host,
@@ -123,7 +123,7 @@ fn histories(logits: &[f32], vocab: usize, rows: usize) -> Vec<Vec<u32>> {
 /// rows picked exactly the host's token.
 fn check_rows(what: &str, logits: &[f32], rows: &[TokenChoice], got: &[Chosen]) -> usize {
     assert_eq!(got.len(), rows.len(), "{what}: rows");
-    let want = select_on_host(logits, rows).unwrap();
+    let want = finite(select_on_host(logits, rows).unwrap());
     let vocab = logits.len() / rows.len();
     let mut exact = 0;
     for (r, ((c, g), w)) in rows.iter().zip(got).zip(&want).enumerate() {
@@ -190,7 +190,7 @@ fn run_mix(be: &CudaBackend, vocab: usize, seed: u64, scale: f32) {
                 forced: (r == forced_row).then_some(forced),
             })
             .collect();
-        let got = be.select_tokens(&lt, &choices).unwrap();
+        let got = finite(be.select_tokens(&lt, &choices).unwrap());
         exact += check_rows(
             &format!("vocab {vocab} step {step}"),
             &logits,
@@ -255,10 +255,10 @@ fn a_penalty_that_moves_greedy_moves_it_on_the_device_too() {
         history,
         forced: None,
     };
-    let got = be.select_tokens(&lt, &[row(&[17, 5, 17])]).unwrap();
+    let got = finite(be.select_tokens(&lt, &[row(&[17, 5, 17])]).unwrap());
     assert_eq!(got[0].token, 400, "6 / 1.5 = 4 < 5");
     check_rows("penalty", &logits, &[row(&[17, 5, 17])], &got);
-    let got = be.select_tokens(&lt, &[row(&[5])]).unwrap();
+    let got = finite(be.select_tokens(&lt, &[row(&[5])]).unwrap());
     assert_eq!(got[0].token, 17);
 }
 
@@ -267,7 +267,7 @@ fn a_penalty_that_moves_greedy_moves_it_on_the_device_too() {
     asyncthink_no_gpu,
     ignore = "no CUDA driver where this was built; `-- --include-ignored` runs it"
 )]
-fn nan_rows_are_reported_by_row_and_first_token() {
+fn non_finite_rows_are_reported_by_row_and_first_token() {
     let Some(be) = gpu("select_tokens NaN") else {
         return;
     };
@@ -275,7 +275,7 @@ fn nan_rows_are_reported_by_row_and_first_token() {
     let mut logits = rand_bf16(3 * vocab, 41, 4.0);
     logits[vocab + 1500] = f32::NAN;
     logits[vocab + 700] = f32::NAN;
-    logits[2 * vocab + 3] = f32::NAN;
+    logits[2 * vocab + 3] = f32::INFINITY;
     let lt = be.tensor_from_host(&logits, 3, vocab).unwrap();
     let ps = mixed_params();
     let choices: Vec<TokenChoice> = ps[..3]
@@ -287,10 +287,12 @@ fn nan_rows_are_reported_by_row_and_first_token() {
             forced: None,
         })
         .collect();
-    let got = be.select_tokens(&lt, &choices).unwrap_err().to_string();
-    let want = select_on_host(&logits, &choices).unwrap_err().to_string();
-    assert!(got.contains("row 1") && got.contains("token 700"), "{got}");
-    assert_eq!(got, want);
+    let got = be.select_tokens(&lt, &choices).unwrap();
+    let want = select_on_host(&logits, &choices).unwrap();
+    assert_eq!(got[1], Err(NonFinite { token: 700 }));
+    assert_eq!(got[2], Err(NonFinite { token: 3 }));
+    assert!(got[0].is_ok() && want[0].is_ok(), "the clean row is chosen");
+    assert_eq!(&got[1..], &want[1..]);
     // A forced row is checked too (its log-prob would be NaN).
     let forced: Vec<TokenChoice> = choices
         .iter()
@@ -299,8 +301,8 @@ fn nan_rows_are_reported_by_row_and_first_token() {
             ..*c
         })
         .collect();
-    let got = be.select_tokens(&lt, &forced).unwrap_err().to_string();
-    assert!(got.contains("row 1") && got.contains("token 700"), "{got}");
+    let got = be.select_tokens(&lt, &forced).unwrap();
+    assert_eq!(got[1], Err(NonFinite { token: 700 }));
     // NaN at token 0 of a sampled row: its order key is the largest u64, which once made the
     // kernel's binary search wrap around and never return.
     let mut row0 = rand_bf16(vocab, 42, 4.0);
@@ -313,8 +315,13 @@ fn nan_rows_are_reported_by_row_and_first_token() {
         history: &[],
         forced: None,
     }];
-    let got = be.select_tokens(&lt, &sampled).unwrap_err().to_string();
-    assert!(got.contains("row 0") && got.contains("token 0"), "{got}");
+    let got = be.select_tokens(&lt, &sampled).unwrap();
+    assert_eq!(got[0], Err(NonFinite { token: 0 }));
+}
+
+/// The choices of rows known to be finite.
+fn finite(rows: Vec<RowChoice>) -> Vec<Chosen> {
+    rows.into_iter().map(|r| r.expect("finite row")).collect()
 }
 
 #[test]
@@ -395,7 +402,7 @@ fn model_logits_select_like_the_host() {
                 forced: None,
             },
         ];
-        let got = be.select_tokens(&lt, &choices).unwrap();
+        let got = finite(be.select_tokens(&lt, &choices).unwrap());
         check_rows(&format!("model step {step}"), &logits, &choices, &got);
     }
 }
@@ -421,10 +428,10 @@ fn the_checker_accepts_host_picks_and_rejects_wrong_ones() {
                 .collect()
         };
         let right = choices(0);
-        let host = select_on_host(&logits, &right).unwrap();
+        let host = finite(select_on_host(&logits, &right).unwrap());
         assert_eq!(check_rows("host", &logits, &right, &host), rows);
         // Picks of another draw counter: some sampled row must be rejected.
-        let other = select_on_host(&logits, &choices(1)).unwrap();
+        let other = finite(select_on_host(&logits, &choices(1)).unwrap());
         let wrong_draw = std::panic::catch_unwind(|| check_rows("draw", &logits, &right, &other));
         assert!(wrong_draw.is_err(), "vocab {vocab}: a wrong counter passed");
         let mut off = host.clone();

@@ -97,4 +97,16 @@ fn resumed_grpo_continues_the_same_metrics() {
     // The final weights agree too.
     let w = |d: &Path| std::fs::read(d.join("final/model.safetensors")).unwrap();
     assert!(w(&straight) == w(&resumed), "final weights differ");
+
+    // Resumed into the run's own directory, the steps after the checkpoint are logged once.
+    grpo(
+        &["--resume", checkpoint.to_str().unwrap()],
+        &tasks,
+        &straight,
+    );
+    let steps: Vec<u64> = metrics(&straight)
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4], "each step logged once");
 }

@@ -9,7 +9,7 @@ pub mod cuda;
 pub mod decode_graph;
 
 use crate::Result;
-pub use crate::engine::sampling::{Chosen, TokenChoice};
+pub use crate::engine::sampling::{Chosen, NonFinite, RowChoice, TokenChoice};
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;
 use crate::model::checkpoint::HostTensor;
@@ -148,15 +148,15 @@ pub trait Backend: Send + Sync {
     }
     /// The next token of each row of final logits (`rows[r]` settings for row r) and its
     /// log-prob under the raw logits: a forced token is kept, otherwise repetition penalty,
-    /// then greedy or the seeded draw `counter_uniform(seed, step)`. NaN logits are an error
-    /// naming the row. The default copies the logits to the host and applies
+    /// then greedy or the seeded draw `counter_uniform(seed, step)`. A row with a NaN or an
+    /// infinity is `NonFinite` on its own; the other rows are chosen as usual. The default copies the logits to the host and applies
     /// `engine::sampling::select_on_host`; a device backend overrides it so only ids and
     /// log-probs leave the device, picking the same tokens.
     fn select_tokens(
         &self,
         logits: &Self::Tensor,
         rows: &[TokenChoice<'_>],
-    ) -> Result<Vec<Chosen>> {
+    ) -> Result<Vec<RowChoice>> {
         let host = self.to_host(logits)?;
         crate::engine::sampling::select_on_host(&host, rows)
     }

@@ -18,7 +18,7 @@ use super::{CudaGraphArgs, Device, KvMemoryArgs, ModelArgs};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig, SamplingParams, SeqId};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
-use crate::util::write_atomic;
+use crate::util::{prepare_output, write_atomic};
 use crate::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -116,22 +116,28 @@ pub fn run(args: BatchArgs) -> Result<()> {
 fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
     let default_params = args.sampling.params();
     default_params.validate()?;
-    let text = std::fs::read_to_string(&args.input).map_err(|e| Error::io(&args.input, e))?;
+    // Before the work, not after it: a bad path must not cost a whole batch.
+    for p in std::iter::once(&args.output).chain(&args.summary) {
+        prepare_output(p)?;
+    }
+    let text = std::fs::read(&args.input).map_err(|e| Error::io(&args.input, e))?;
     let (model, tokenizer) = args.model.source().load(backend)?;
     let mut engine = Engine::new(&model, Some(&tokenizer), args.engine.config(&model)?)?;
 
     // One result slot per non-empty input line, in order.
     let mut results: Vec<Value> = Vec::new();
     let mut pending: HashMap<SeqId, usize> = HashMap::new();
-    for (lineno, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
+    // Split bytes, not text: a line that is not UTF-8 is that line's error, not the file's.
+    for (lineno, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(raw).map(|l| l.strip_suffix('\r').unwrap_or(l));
+        if line.is_ok_and(|l| l.trim().is_empty()) {
+            continue;
+        }
         let index = results.len();
-        let parsed: std::result::Result<RequestLine, _> = serde_json::from_str(line);
-        let outcome = parsed
-            .map_err(|e| Error::InvalidInput(format!("line {}: {e}", lineno + 1)))
+        let at = |msg: String| Error::InvalidInput(format!("line {}: {msg}", lineno + 1));
+        let outcome = line
+            .map_err(|e| at(format!("not valid UTF-8 ({e})")))
+            .and_then(|l| serde_json::from_str::<RequestLine>(l).map_err(|e| at(e.to_string())))
             .and_then(|req| {
                 let ids = prompt_ids(&req, &tokenizer, args.raw)?;
                 let params = req
@@ -146,8 +152,9 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
                 results.push(json!({ "index": index, "id": id }));
             }
             Err(e) => {
-                let id = serde_json::from_str::<Value>(line)
+                let id = line
                     .ok()
+                    .and_then(|l| serde_json::from_str::<Value>(l).ok())
                     .and_then(|v| v.get("id").cloned());
                 results.push(json!({ "index": index, "id": id, "error": e.to_string() }));
             }
@@ -156,8 +163,18 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
 
     let bar = super::progress::bar(pending.len() as u64, "requests")?;
     let started = Instant::now();
+    // A step that fails as a whole (a backend error) ends the run, but the requests that
+    // finished before it still get their lines written.
+    let mut failure = None;
     while engine.has_unfinished() {
-        for out in engine.step()? {
+        let outputs = match engine.step() {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        for out in outputs {
             if out.finish.is_none() {
                 continue;
             }
@@ -168,6 +185,10 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
                 continue;
             };
             let slot = &mut results[index];
+            // A request whose logits went NaN/Inf ends alone, with its own error.
+            if let Some(e) = &seq.error {
+                slot["error"] = json!(e);
+            }
             slot["text"] = json!(seq.output_text(&tokenizer)?);
             slot["token_ids"] = json!(seq.output_ids());
             slot["finish_reason"] = json!(seq.finish_reason);
@@ -183,6 +204,14 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
+    if let Some(e) = &failure {
+        for &index in pending.values() {
+            let slot = &mut results[index];
+            if slot.get("text").is_none() && slot.get("error").is_none() {
+                slot["error"] = json!(format!("not finished: the engine failed: {e}"));
+            }
+        }
+    }
 
     let mut out = String::new();
     for r in &results {
@@ -220,5 +249,5 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
     if let Some(path) = &args.summary {
         write_atomic(path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

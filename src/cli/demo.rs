@@ -165,9 +165,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // 2. Format SFT.
     let source = args.model.source();
     let (model, tokenizer) = source.load_for_training(CpuBackend)?;
-    let data = load_jsonl(&traces_path, &tokenizer, 1024)?;
+    // Never past the model's positions (the tiny default has 512): longer traces are cut,
+    // and the run says so.
+    let max_len = 1024.min(model.config.max_position_embeddings);
+    let data = load_jsonl(&traces_path, &tokenizer, max_len)?;
+    if let Some(msg) = crate::train::sft_data::describe_cuts(&traces_path, &data, max_len) {
+        eprintln!("{msg}");
+    }
     let config = SftConfig {
         steps: args.sft_steps,
+        max_len,
         batch_tokens: 2048,
         seed: args.seed,
         optim: OptimConfig {
@@ -208,6 +215,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         model: ModelArgs {
             model: Some(sft_dir.clone()),
             threads: None,
+            skip_weight_check: args.model.skip_weight_check,
         },
         tasks: train_path,
         task: TaskName::Arithmetic,
@@ -252,6 +260,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ModelArgs {
             model: Some(sft_dir.clone()),
             threads: None,
+            skip_weight_check: args.model.skip_weight_check,
         },
         &eval_path,
         args.capacity,
@@ -262,6 +271,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let trained_model = ModelArgs {
         model: Some(grpo_dir.join("final")),
         threads: None,
+        skip_weight_check: args.model.skip_weight_check,
     };
     let trained = eval_all(
         trained_model,

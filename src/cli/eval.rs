@@ -19,7 +19,7 @@ use crate::tasks::countdown::Countdown;
 use crate::tasks::multi_countdown::MultiCountdown;
 use crate::tasks::sudoku::Sudoku;
 use crate::tasks::{Task, Verdict};
-use crate::util::write_atomic;
+use crate::util::{prepare_output, prepare_output_dir, write_atomic};
 use crate::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -149,6 +149,13 @@ where
 
 pub fn run(args: EvalArgs) -> Result<()> {
     args.model.init_threads()?;
+    // Before the work, not after it: a bad path must not cost a whole evaluation.
+    if let Some(p) = &args.out {
+        prepare_output(p)?;
+    }
+    if let Some(dir) = &args.svg_dir {
+        prepare_output_dir(dir)?;
+    }
     let (summary, outcomes, verdicts) = match args.task {
         TaskName::Countdown => evaluate::<Countdown>(&args, args.mode)?,
         TaskName::MultiCountdown => evaluate::<MultiCountdown>(&args, args.mode)?,

@@ -158,7 +158,13 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
         trainer.restore(dir)?;
     }
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    for line in crate::train::run_dir::clean_stale(&args.out)? {
+        eprintln!("{line}");
+    }
     let metrics_path = args.out.join("grpo_metrics.jsonl");
+    // Steps past the checkpoint are trained again: log them once (a fresh run, step 0,
+    // starts a fresh log).
+    crate::train::run_dir::truncate_log(&metrics_path, trainer.state.step)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -201,6 +201,11 @@ pub struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Load the weights without checking them for NaN and Inf. The check is one pass over
+    /// the weights as they load; a corrupt checkpoint then fails later, at its first NaN
+    /// logits, request by request.
+    #[arg(long)]
+    pub skip_weight_check: bool,
 }
 
 impl ModelArgs {
@@ -208,7 +213,10 @@ impl ModelArgs {
         ModelSource::from_arg(self.model.as_deref())
     }
 
+    /// Process-wide settings every model-running command applies first: CPU threads and
+    /// the load-time weight check.
     pub fn init_threads(&self) -> Result<()> {
+        crate::model::checkpoint::set_weight_check(!self.skip_weight_check);
         if let Some(n) = self.threads {
             if n == 0 {
                 return Err(Error::InvalidInput("--threads must be at least 1".into()));

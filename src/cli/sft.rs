@@ -3,7 +3,7 @@
 //! `--resume`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -12,8 +12,9 @@ use super::ModelArgs;
 use crate::backend::TrainBackend;
 use crate::train::optim::OptimConfig;
 use crate::train::plot::loss_curve_svg;
-use crate::train::sft::{SftConfig, SftTrainer};
-use crate::train::sft_data::load_jsonl;
+use crate::train::run_dir::{clean_stale, truncate_log};
+use crate::train::sft::{ResumeOverrides, SftConfig, SftTrainer, check_max_len, read_state};
+use crate::train::sft_data::{SftExample, describe_cuts, load_jsonl};
 use crate::util::write_atomic;
 use crate::{Error, Result};
 
@@ -29,13 +30,18 @@ pub struct SftArgs {
     /// Output directory: metrics.jsonl, loss.svg, checkpoint-N/, final/.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue from a checkpoint directory written by this command.
+    /// Continue from a checkpoint directory written by this command. Its settings are kept,
+    /// except --steps and --lr where given (docs/training.md); metrics.jsonl in --out is cut
+    /// back to the checkpoint's step.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    pub steps: u64,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f32,
+    /// Optimizer steps in all [default: 100]. With --resume: a new total past the
+    /// checkpoint's step, the cosine schedule rescaled to end there.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Peak learning rate [default: 0.001]. With --resume: the new peak from the next step.
+    #[arg(long)]
+    pub lr: Option<f32>,
     #[arg(long, default_value_t = 10)]
     pub warmup_steps: u64,
     #[arg(long, default_value_t = 0.01)]
@@ -46,8 +52,10 @@ pub struct SftArgs {
     pub batch_tokens: usize,
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
-    #[arg(long, default_value_t = 2048)]
-    pub max_len: usize,
+    /// Conversations longer than this many tokens are cut (the run says how many)
+    /// [default: 2048, or the model's max_position_embeddings if smaller; never more].
+    #[arg(long)]
+    pub max_len: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 0)]
@@ -68,48 +76,80 @@ pub fn run(args: SftArgs) -> Result<()> {
     on_device!(args.device, backend => run_on(args, backend))
 }
 
+/// Tokenizes `path`, saying how many conversations `max_len` cut.
+fn load_data(
+    path: &Path,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    max_len: usize,
+) -> Result<Vec<SftExample>> {
+    let data = load_jsonl(path, tokenizer, max_len)?;
+    if let Some(msg) = describe_cuts(path, &data, max_len) {
+        eprintln!("{msg}");
+    }
+    Ok(data)
+}
+
 fn run_on<B: TrainBackend>(args: SftArgs, backend: B) -> Result<()> {
     let source = args.model.source();
     let extra = source.tokenizer_files()?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    for line in clean_stale(&args.out)? {
+        eprintln!("{line}");
+    }
 
     let mut trainer = match &args.resume {
         Some(dir) => {
             let tokenizer = crate::tokenizer::Tokenizer::from_dir(dir)?;
-            let state: crate::train::sft::TrainerState = serde_json::from_slice(
-                &std::fs::read(dir.join("trainer_state.json"))
-                    .map_err(|e| Error::io(dir.join("trainer_state.json"), e))?,
-            )?;
-            let train = load_jsonl(&args.data, &tokenizer, state.config.max_len)?;
+            let max_len = read_state(dir)?.config.max_len;
+            // Refused, not ignored: the checkpoint's data position counts these examples.
+            if args.max_len.is_some_and(|n| n != max_len) {
+                return Err(Error::InvalidInput(format!(
+                    "--max-len cannot change on --resume (the checkpoint trains with {max_len})"
+                )));
+            }
+            let train = load_data(&args.data, &tokenizer, max_len)?;
             let eval = match &args.eval_data {
-                Some(p) => load_jsonl(p, &tokenizer, state.config.max_len)?,
+                Some(p) => load_data(p, &tokenizer, max_len)?,
                 None => Vec::new(),
             };
-            SftTrainer::resume(backend, dir, train, eval, extra)?
+            let overrides = ResumeOverrides {
+                steps: args.steps,
+                lr: args.lr,
+            };
+            SftTrainer::resume_with(backend, dir, train, eval, extra, &overrides)?
         }
         None => {
             let (model, tokenizer) = source.load_for_training(backend)?;
+            // Before tokenizing: a length the model cannot take fails at once.
+            let max_len = match args.max_len {
+                Some(n) => {
+                    check_max_len(n, &model.config)?;
+                    n
+                }
+                None => 2048.min(model.config.max_position_embeddings),
+            };
+            let steps = args.steps.unwrap_or(100);
             let config = SftConfig {
-                steps: args.steps,
+                steps,
                 batch_tokens: args.batch_tokens,
                 grad_accum: args.grad_accum,
-                max_len: args.max_len,
+                max_len,
                 seed: args.seed,
                 checkpoint_every: args.checkpoint_every,
                 eval_every: args.eval_every,
                 activation_checkpointing: args.activation_checkpointing,
                 optim: OptimConfig {
-                    lr: args.lr,
+                    lr: args.lr.unwrap_or(1e-3),
                     warmup_steps: args.warmup_steps,
-                    total_steps: args.steps,
+                    total_steps: steps,
                     weight_decay: args.weight_decay,
                     max_grad_norm: args.max_grad_norm,
                     ..OptimConfig::default()
                 },
             };
-            let train = load_jsonl(&args.data, &tokenizer, args.max_len)?;
+            let train = load_data(&args.data, &tokenizer, max_len)?;
             let eval = match &args.eval_data {
-                Some(p) => load_jsonl(p, &tokenizer, args.max_len)?,
+                Some(p) => load_data(p, &tokenizer, max_len)?,
                 None => Vec::new(),
             };
             SftTrainer::new(model, train, eval, config, extra)?
@@ -117,6 +157,16 @@ fn run_on<B: TrainBackend>(args: SftArgs, backend: B) -> Result<()> {
     };
 
     let metrics_path = args.out.join("metrics.jsonl");
+    // The steps after the checkpoint are trained again: their old lines would be logged
+    // (and plotted) twice. A fresh run (step 0) starts a fresh log.
+    let dropped = truncate_log(&metrics_path, trainer.state.step)?;
+    if dropped > 0 {
+        eprintln!(
+            "{}: dropped {dropped} lines past step {}, which this run trains again",
+            metrics_path.display(),
+            trainer.state.step
+        );
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -11,7 +11,7 @@ use crate::asyncthink::executor::svg::timeline_svg;
 use crate::asyncthink::executor::{ExecutorConfig, run_episodes};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineConfig};
-use crate::util::write_atomic;
+use crate::util::{prepare_output, write_atomic};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorArgs {
@@ -67,6 +67,10 @@ pub struct ThinkArgs {
 
 pub fn run(args: ThinkArgs) -> Result<()> {
     args.model.init_threads()?;
+    // Before the episode, not after it.
+    for p in args.trace.iter().chain(&args.svg) {
+        prepare_output(p)?;
+    }
     on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
 

@@ -377,6 +377,24 @@ impl<'m, B: Backend> Engine<'m, B> {
             let Some(s) = self.seqs.get_mut(&id) else {
                 continue;
             };
+            // Non-finite logits end this sequence alone: its batch-mates' rows are
+            // independent of it (per-token matmuls, per-sequence attention) and go on.
+            let c = match c {
+                Ok(c) => c,
+                Err(bad) => {
+                    s.error = Some(format!(
+                        "sequence {id}, after {} tokens: {bad}",
+                        s.tokens.len()
+                    ));
+                    self.finish(id, FinishReason::Error);
+                    outputs.push(StepOutput {
+                        seq: id,
+                        token: None,
+                        finish: Some(FinishReason::Error),
+                    });
+                    continue;
+                }
+            };
             // The front forced token (if any) was this row's choice.
             s.forced.pop_front();
             let token = c.token;
@@ -439,7 +457,18 @@ impl<'m, B: Backend> Engine<'m, B> {
             self.blocks.release(b);
         }
         let vocab = self.model.config.vocab_size;
-        Ok(out?.chunks(vocab).map(<[f32]>::to_vec).collect())
+        let rows: Vec<Vec<f32>> = out?.chunks(vocab).map(<[f32]>::to_vec).collect();
+        // Never hand back NaN as numbers (JSON would print them as null).
+        for (pos, row) in rows.iter().enumerate() {
+            if let Some(token) = row.iter().position(|x| !x.is_finite()) {
+                return Err(Error::NonFinite(format!(
+                    "position {pos} (token id {}): {}",
+                    ids[pos],
+                    super::sampling::NonFinite { token }
+                )));
+            }
+        }
+        Ok(rows)
     }
 
     /// Checks the block bookkeeping: every block's count equals the number of block-table

@@ -58,6 +58,9 @@ impl<B: Backend> Engine<'_, B> {
         let seq = self
             .take_finished(id)
             .ok_or_else(|| Error::InvalidInput(format!("sequence {id} vanished")))?;
+        if let Some(e) = seq.error {
+            return Err(Error::NonFinite(e));
+        }
         let text = match self.tokenizer {
             Some(t) => seq.output_text(t)?,
             None => String::new(),

@@ -158,6 +158,28 @@ pub struct Chosen {
     pub logprob: f32,
 }
 
+/// A row of raw logits holding a NaN or an infinity: no token can be chosen from it, and the
+/// sequence it belongs to ends with an error while the batch's other rows go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonFinite {
+    /// The first vocabulary index whose logit is not finite.
+    pub token: usize,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "logits are not finite (NaN or Inf, first at vocabulary index {}): the checkpoint \
+             or this input drives the model out of range",
+            self.token
+        )
+    }
+}
+
+/// What selection made of one row: a token, or the reason there is none.
+pub type RowChoice = std::result::Result<Chosen, NonFinite>;
+
 /// Checks `rows` against a `[rows.len(), vocab]` logits shape: valid settings, forced tokens
 /// inside the vocabulary. Shared by the host and device selection.
 pub fn check_choices(rows: &[TokenChoice<'_>], num_rows: usize, vocab: usize) -> Result<()> {
@@ -183,10 +205,11 @@ pub fn check_choices(rows: &[TokenChoice<'_>], num_rows: usize, vocab: usize) ->
     Ok(())
 }
 
-/// The reference selection: `logits` is `[rows.len(), vocab]` row-major f32. Per row: NaN is an
-/// error naming the row, then the forced token or `Sampler`'s rules at draw `step`, and the
-/// log-prob of the raw logits at the chosen token.
-pub fn select_on_host(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<Chosen>> {
+/// The reference selection: `logits` is `[rows.len(), vocab]` row-major f32. Per row: a NaN or
+/// an infinity makes that row `NonFinite` (the others are unaffected), otherwise the forced
+/// token or `Sampler`'s rules at draw `step`, and the log-prob of the raw logits at the
+/// chosen token.
+pub fn select_on_host(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<RowChoice>> {
     if rows.is_empty() {
         return if logits.is_empty() {
             Ok(Vec::new())
@@ -208,28 +231,20 @@ pub fn select_on_host(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<Ch
     check_choices(rows, rows.len(), vocab)?;
     rows.iter()
         .zip(logits.chunks(vocab))
-        .enumerate()
-        .map(|(r, (c, row))| {
-            if let Some(i) = first_nan(row) {
-                return Err(nan_error(r, i));
+        .map(|(c, row)| {
+            if let Some(token) = row.iter().position(|x| !x.is_finite()) {
+                return Ok(Err(NonFinite { token }));
             }
             let token = match c.forced {
                 Some(t) => t,
                 None => pick(row, c.params, c.history, c.step),
             };
-            Ok(Chosen {
+            Ok(Ok(Chosen {
                 token,
                 logprob: log_prob(row, token),
-            })
+            }))
         })
         .collect()
-}
-
-/// The error for NaN logits in row `row`, first at token `token` (host and device alike).
-pub fn nan_error(row: usize, token: usize) -> Error {
-    Error::InvalidInput(format!(
-        "logits row {row} contain NaN (first at token {token})"
-    ))
 }
 
 /// Each row's distinct history tokens inside the vocabulary, in first-seen order: the token
@@ -455,7 +470,7 @@ mod tests {
             );
             // Out of order, and through the batch selection: the same token.
             assert_eq!(s.sample_at(&logits, &[], step).unwrap(), seq);
-            let got = select_on_host(&logits, &[choice(&p, step, None)]).unwrap();
+            let got = chosen(&logits, &[choice(&p, step, None)]).unwrap();
             assert_eq!(got[0].token, seq, "step {step}");
         }
     }
@@ -482,7 +497,7 @@ mod tests {
         ];
         for step in 0..20 {
             let rows: Vec<_> = ps.iter().map(|p| choice(p, step, None)).collect();
-            let got = select_on_host(&logits, &rows).unwrap();
+            let got = chosen(&logits, &rows).unwrap();
             for (r, (p, row)) in ps.iter().zip(logits.chunks(vocab)).enumerate() {
                 let want = if p.is_greedy() {
                     argmax(row)
@@ -500,13 +515,13 @@ mod tests {
         // p = (1/4, 3/4): greedy would pick 1; forcing 0 must give log(1/4).
         let logits = [0.0f32, 3f32.ln()];
         let p = params(0.0);
-        let got = select_on_host(&logits, &[choice(&p, 0, Some(0))]).unwrap();
+        let got = chosen(&logits, &[choice(&p, 0, Some(0))]).unwrap();
         assert_eq!(got[0].token, 0);
         assert!((got[0].logprob - 0.25f32.ln()).abs() < 1e-6, "{got:?}");
-        let free = select_on_host(&logits, &[choice(&p, 0, None)]).unwrap();
+        let free = chosen(&logits, &[choice(&p, 0, None)]).unwrap();
         assert_eq!(free[0].token, 1);
         assert!((free[0].logprob - 0.75f32.ln()).abs() < 1e-6);
-        let bad = select_on_host(&logits, &[choice(&p, 0, Some(2))]);
+        let bad = chosen(&logits, &[choice(&p, 0, Some(2))]);
         assert!(matches!(bad, Err(Error::InvalidInput(m)) if m.contains("forced token 2")));
     }
 
@@ -525,7 +540,7 @@ mod tests {
             history: &[0, 2, 0, 99],
             forced: None,
         };
-        let got = select_on_host(&logits, &[row]).unwrap();
+        let got = chosen(&logits, &[row]).unwrap();
         assert_eq!(got[0].token, 1);
         assert_eq!(got[0].logprob, log_prob(&logits, 1));
         assert_eq!(penalty_tokens(&[0, 2, 0, 99, 2], 3), vec![0, 2]);
@@ -534,20 +549,31 @@ mod tests {
             history: &[],
             ..row
         };
-        assert_eq!(select_on_host(&logits, &[plain]).unwrap()[0].token, 0);
+        assert_eq!(chosen(&logits, &[plain]).unwrap()[0].token, 0);
     }
 
     #[test]
-    fn nan_row_is_named_and_shapes_are_checked() {
-        let mut logits = vec![0.5f32; 8];
+    fn a_non_finite_row_fails_alone_and_shapes_are_checked() {
+        let mut logits = vec![0.5f32; 12];
         logits[7] = f32::NAN;
+        logits[9] = f32::NEG_INFINITY;
         let p = params(1.0);
-        let rows = [choice(&p, 0, None), choice(&p, 0, Some(1))];
-        let err = select_on_host(&logits, &rows).unwrap_err().to_string();
-        assert!(err.contains("row 1") && err.contains("token 3"), "{err}");
-        assert!(select_on_host(&logits[..7], &rows).is_err());
-        let err = select_on_host(&logits, &rows[..1]).unwrap_err().to_string();
-        assert!(err.contains("row 0") && err.contains("token 7"), "{err}");
+        let rows = [
+            choice(&p, 0, None),
+            choice(&p, 0, Some(1)),
+            choice(&p, 0, None),
+        ];
+        let got = select_on_host(&logits, &rows).unwrap();
+        assert!(got[0].is_ok(), "row 0 is clean: {got:?}");
+        assert_eq!(got[1], Err(NonFinite { token: 3 }));
+        assert_eq!(got[2], Err(NonFinite { token: 1 }));
+        assert!(select_on_host(&logits[..11], &rows).is_err());
         assert!(select_on_host(&[], &[]).unwrap().is_empty());
+    }
+
+    /// `select_on_host` on rows known to be finite.
+    fn chosen(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<Chosen>> {
+        let rows = select_on_host(logits, rows)?;
+        Ok(rows.into_iter().map(|r| r.expect("finite row")).collect())
     }
 }

@@ -21,6 +21,8 @@ pub enum FinishReason {
     Aborted,
     /// The sequence alone needs more KV blocks than the whole cache has.
     CacheFull,
+    /// The model's logits for it went NaN or infinite; `Sequence::error` says where.
+    Error,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,9 @@ pub struct Sequence {
     /// Not scheduled while paused (an organizer waiting on a JOIN); keeps its blocks.
     pub paused: bool,
     pub finish_reason: Option<FinishReason>,
+    /// Why it ended with `FinishReason::Error`: this request's own failure, which does not
+    /// stop the others in the batch.
+    pub error: Option<String>,
     /// Admission order; the youngest running sequence is preempted first.
     pub arrival: u64,
     /// Prompt tokens served from the prefix cache instead of computed.
@@ -81,6 +86,7 @@ impl Sequence {
             status: Status::Waiting,
             paused: false,
             finish_reason: None,
+            error: None,
             arrival,
             cached_prompt_tokens: 0,
             num_preemptions: 0,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -12,6 +13,20 @@ use safetensors::{Dtype, SafeTensors, tensor::Metadata};
 
 use super::config::DType;
 use crate::{Error, Result};
+
+/// Whether loading a model checks each weight for NaN and Inf (`HostTensor::check_finite`).
+/// Process-wide, like the rayon pool, so every load path (resume, reference models, the
+/// embedded default) honours `--skip-weight-check` without a flag threaded through each.
+static CHECK_WEIGHTS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the load-time weight check on (the default) or off for this process.
+pub fn set_weight_check(on: bool) {
+    CHECK_WEIGHTS.store(on, Ordering::Relaxed);
+}
+
+pub fn weight_check() -> bool {
+    CHECK_WEIGHTS.load(Ordering::Relaxed)
+}
 
 /// A shard's bytes: mapped from disk, compiled into the binary (the embedded default model),
 /// or built in memory (random benchmark checkpoints).
@@ -257,6 +272,13 @@ impl Shard {
     }
 }
 
+fn elem_size(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 4,
+        DType::F16 | DType::BF16 => 2,
+    }
+}
+
 impl<'a> HostTensor<'a> {
     /// A tensor over little-endian f32 bytes held by the caller (tests, host-built weights).
     pub fn from_f32_bytes(bytes: &'a [u8], shape: Vec<usize>) -> Self {
@@ -273,6 +295,72 @@ impl<'a> HostTensor<'a> {
 impl HostTensor<'_> {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+
+    /// The first element that is NaN or ±Inf. Reads exponent bits in place (all ones means
+    /// not finite, in every float format), eight bytes at a time, chunks in parallel: one
+    /// pass over the mapped bytes, cheap next to converting and uploading them.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        // Per lane of a little-endian u64: (x & exponent) + one exponent ulp carries into
+        // the lane's top bit exactly when the exponent is all ones; lanes cannot carry
+        // into each other, since (x & exponent) + ulp <= top bit.
+        let (exponent, ulp, top): (u64, u64, u64) = match self.dtype {
+            DType::F32 => (0x7f80_0000, 0x0080_0000, 0x8000_0000),
+            DType::F16 => (0x7c00, 0x0400, 0x8000),
+            DType::BF16 => (0x7f80, 0x0080, 0x8000),
+        };
+        let size = elem_size(self.dtype);
+        let lanes = |x: u64| (0..8 / size).fold(0, |acc, l| acc | x << (l * size * 8));
+        let (exponent, ulp, top) = (lanes(exponent), lanes(ulp), lanes(top));
+        let hit = |w: &[u8]| {
+            let mut b = [0u8; 8];
+            b[..w.len()].copy_from_slice(w);
+            ((u64::from_le_bytes(b) & exponent) + ulp) & top != 0
+        };
+        self.bytes
+            .par_chunks(CHUNK * size)
+            .enumerate()
+            .find_map_first(|(c, chunk)| {
+                // A branch-free sweep first; the position only when something is there.
+                let any = chunk.chunks(8).fold(false, |acc, w| acc | hit(w));
+                any.then(|| chunk.chunks_exact(size).position(hit))
+                    .flatten()
+                    .map(|i| c * CHUNK + i)
+            })
+    }
+
+    /// An error naming the tensor, its file and the first NaN/Inf element, if there is one.
+    pub fn check_finite(&self) -> Result<()> {
+        let Some(flat) = self.first_non_finite() else {
+            return Ok(());
+        };
+        let mut index = vec![0; self.shape.len()];
+        let mut rest = flat;
+        for (i, &d) in self.shape.iter().enumerate().rev() {
+            index[i] = rest % d.max(1);
+            rest /= d.max(1);
+        }
+        let value = self.to_f32_at(flat);
+        Err(Error::Tensor {
+            file: self.file.to_path_buf(),
+            tensor: self.name.to_string(),
+            msg: format!(
+                "element {index:?} is {value}: the weights are corrupt (--skip-weight-check \
+                 loads them anyway)"
+            ),
+        })
+    }
+
+    fn to_f32_at(&self, i: usize) -> f32 {
+        let size = elem_size(self.dtype);
+        let b = &self.bytes[i * size..(i + 1) * size];
+        match self.dtype {
+            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            DType::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            DType::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        }
     }
 
     pub fn to_f32(&self) -> Vec<f32> {
@@ -305,5 +393,73 @@ impl HostTensor<'_> {
                 .collect(),
             _ => self.to_f32().into_iter().map(bf16::from_f32).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dtype: DType, bytes: &[u8], n: usize) -> HostTensor<'_> {
+        HostTensor {
+            name: "w",
+            file: Path::new("f"),
+            dtype,
+            shape: vec![n],
+            bytes,
+        }
+    }
+
+    #[test]
+    fn non_finite_elements_are_found_in_every_dtype_and_finite_extremes_pass() {
+        let n = 70_001; // past one parallel chunk, and not a multiple of a u64's lanes
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 3, 65_536, n - 1] {
+                let mut v = vec![f32::MAX; n];
+                v[1] = f32::MIN_POSITIVE / 4.0;
+                v[at] = bad;
+                let f32s: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                let f16s: Vec<u8> = v
+                    .iter()
+                    .map(|&x| if x.is_finite() { 65504.0 } else { x })
+                    .flat_map(|x| f16::from_f32(x).to_le_bytes())
+                    .collect();
+                let bf16s: Vec<u8> = v
+                    .iter()
+                    .map(|&x| {
+                        if x.is_finite() {
+                            bf16::MAX
+                        } else {
+                            bf16::from_f32(x)
+                        }
+                    })
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                for (dtype, bytes) in [
+                    (DType::F32, &f32s),
+                    (DType::F16, &f16s),
+                    (DType::BF16, &bf16s),
+                ] {
+                    let t = tensor(dtype, bytes, n);
+                    assert_eq!(t.first_non_finite(), Some(at), "{dtype:?} {bad} at {at}");
+                }
+            }
+        }
+        let clean: Vec<u8> = [1.0f32, -3e38, 0.0, -0.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(tensor(DType::F32, &clean, 4).first_non_finite(), None);
+        let mut m = vec![0u8; 12];
+        m[8..].copy_from_slice(&f32::NAN.to_le_bytes());
+        let t = HostTensor {
+            shape: vec![1, 3],
+            ..tensor(DType::F32, &m, 3)
+        };
+        let err = t.check_finite().unwrap_err().to_string();
+        assert!(
+            err.contains("tensor w") && err.contains("[0, 2] is NaN"),
+            "{err}"
+        );
     }
 }

@@ -104,8 +104,14 @@ impl<B: Backend> Qwen3<B> {
     ) -> Result<Self> {
         let c = &config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let check = super::checkpoint::weight_check();
         let get = |name: &str, shape: &[usize]| -> Result<B::Weight> {
-            load(&backend, &ckpt.get_shaped(name, shape)?)
+            let t = ckpt.get_shaped(name, shape)?;
+            // A NaN weight would only show later as NaN logits (JSON nulls, garbage tokens).
+            if check {
+                t.check_finite()?;
+            }
+            load(&backend, &t)
         };
         let embed_tokens = get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lm_head = if c.tie_word_embeddings {

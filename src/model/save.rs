@@ -117,7 +117,15 @@ pub fn write_dir_atomic(dir: &Path, files: &ExtraFiles) -> Result<()> {
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(&path, e))?;
     }
-    // A directory cannot be renamed over a non-empty one: move the old aside first.
+    // A directory cannot be renamed over a non-empty one. Linux swaps the two in one step,
+    // so `dir` is never missing; the temporary name then holds the old copy.
+    if dir.exists() && exchange(&tmp, dir).map_err(|e| Error::io(dir, e))? {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
+    // Elsewhere the old copy moves aside first. A kill between the two renames leaves
+    // `dir` missing and `.NAME.oldPID` whole; the next training run in this directory puts
+    // it back (train::run_dir::clean_stale), or move it back by hand.
     let old = parent.join(format!(
         ".{}.old{}",
         name.to_string_lossy(),
@@ -129,4 +137,70 @@ pub fn write_dir_atomic(dir: &Path, files: &ExtraFiles) -> Result<()> {
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// Swaps two existing paths atomically (renameat2 with RENAME_EXCHANGE). Ok(false) where the
+/// kernel or the filesystem cannot, for the caller to fall back to two renames.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes())?;
+    let b = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both are NUL-terminated paths that outlive the call; AT_FDCWD resolves them
+    // as rename(2) would. The call only reads them.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Old kernels (ENOSYS) and filesystems without the flag (EINVAL).
+        Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacing_a_directory_swaps_it_whole_and_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("final");
+        let file = |b: &str| vec![("a.txt".to_string(), b.as_bytes().to_vec())];
+        write_dir_atomic(&dir, &file("one")).unwrap();
+        write_dir_atomic(&dir, &file("two")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "two");
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only final/ remains: {names:?}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn exchange_swaps_two_directories_in_one_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("new"), "").unwrap();
+        // tmpfs, ext4, xfs and btrfs support the flag; elsewhere the fallback runs.
+        if exchange(&a, &b).unwrap() {
+            assert!(b.join("new").exists() && !a.join("new").exists());
+        }
+    }
 }

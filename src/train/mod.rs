@@ -9,6 +9,7 @@ pub mod grpo_step;
 pub mod optim;
 pub mod plot;
 pub mod reward;
+pub mod run_dir;
 pub mod sft;
 pub mod sft_data;
 

@@ -24,7 +24,8 @@ pub struct SftConfig {
     pub batch_tokens: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
-    /// Conversations longer than this are cut.
+    /// Conversations longer than this are cut (and the run says how many); at most the
+    /// model's max_position_embeddings.
     pub max_len: usize,
     pub seed: u64,
     /// Save every this many steps (0: only at the end).
@@ -49,6 +50,49 @@ impl Default for SftConfig {
             optim: OptimConfig::default(),
         }
     }
+}
+
+/// What a resumed run may change. Anything else comes from the checkpoint: the data order,
+/// packing and schedule shape must stay as they were for the run to continue exactly.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumeOverrides {
+    /// A new total of optimizer steps (past the checkpoint's step); the cosine schedule
+    /// stretches or shrinks to end there, as TRL does with a new `max_steps`.
+    pub steps: Option<u64>,
+    /// A new peak learning rate; the schedule keeps its shape and scales to it from the next step.
+    pub lr: Option<f32>,
+}
+
+impl ResumeOverrides {
+    /// Applies to `config` of a checkpoint at `step`; a target already reached is refused.
+    pub fn apply(&self, config: &mut SftConfig, step: u64) -> Result<()> {
+        if let Some(n) = self.steps {
+            if n <= step {
+                return Err(Error::InvalidInput(format!(
+                    "--steps {n}: the checkpoint is already at step {step}; give more steps \
+                     to train on"
+                )));
+            }
+            config.steps = n;
+            config.optim.total_steps = n;
+        }
+        if let Some(lr) = self.lr {
+            config.optim.lr = lr;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a `max_len` the model has no positions for: sequences past
+/// max_position_embeddings train on rotary angles the model never learned.
+pub fn check_max_len(max_len: usize, model: &crate::model::Qwen3Config) -> Result<()> {
+    if max_len > model.max_position_embeddings {
+        return Err(Error::InvalidInput(format!(
+            "--max-len {max_len} exceeds the model's max_position_embeddings {}",
+            model.max_position_embeddings
+        )));
+    }
+    Ok(())
 }
 
 /// Saved beside the weights: what resuming needs besides them and the optimizer.
@@ -121,6 +165,15 @@ impl<B: TrainBackend> SftTrainer<B> {
         if c.batch_tokens == 0 || c.grad_accum == 0 || c.max_len < 2 {
             return Err(Error::InvalidInput(format!("invalid SFT settings: {c:?}")));
         }
+        // Whatever max_len says, no example may outrun the model's positions.
+        let limit = model.config.max_position_embeddings;
+        if let Some(ex) = train.iter().chain(&eval).find(|e| e.ids.len() > limit) {
+            return Err(Error::InvalidInput(format!(
+                "a conversation of {} tokens is longer than the model's \
+                 max_position_embeddings {limit}: lower max_len",
+                ex.ids.len()
+            )));
+        }
         let optimizer = match optimizer {
             Some(o) => o,
             None => AdamW::new(
@@ -167,12 +220,21 @@ impl<B: TrainBackend> SftTrainer<B> {
         eval: Vec<SftExample>,
         extra_files: ExtraFiles,
     ) -> Result<Self> {
-        let state_path = dir.join("trainer_state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
-            file: state_path.clone(),
-            msg: format!("not a trainer state: {e}"),
-        })?;
+        let keep = ResumeOverrides::default();
+        Self::resume_with(backend, dir, train, eval, extra_files, &keep)
+    }
+
+    /// `resume`, with a new step target and learning rate where `overrides` gives them.
+    pub fn resume_with(
+        backend: B,
+        dir: &Path,
+        train: Vec<SftExample>,
+        eval: Vec<SftExample>,
+        extra_files: ExtraFiles,
+        overrides: &ResumeOverrides,
+    ) -> Result<Self> {
+        let mut state = read_state(dir)?;
+        overrides.apply(&mut state.config, state.step)?;
         let model = Qwen3::load_for_training(backend, dir)?;
         let mut optimizer = AdamW::new(
             &model,
@@ -269,6 +331,16 @@ impl<B: TrainBackend> SftTrainer<B> {
             &self.state,
         )
     }
+}
+
+/// The trainer state saved in checkpoint `dir`.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        file: state_path.clone(),
+        msg: format!("not a trainer state: {e}"),
+    })
 }
 
 /// Peak resident set size (VmHWM) in MiB; 0 where /proc is unavailable.

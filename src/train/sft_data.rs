@@ -21,6 +21,24 @@ pub struct SftExample {
     pub ids: Vec<u32>,
     /// One per next-token prediction: `weights[t]` weighs predicting `ids[t + 1]`.
     pub weights: Vec<f32>,
+    /// Tokens cut off the end to fit `max_len` (0 when the conversation fit).
+    pub cut: usize,
+}
+
+/// What `max_len` cut from `examples`, for the user to hear about; None when nothing was.
+pub fn describe_cuts(what: &Path, examples: &[SftExample], max_len: usize) -> Option<String> {
+    let cut: Vec<usize> = examples.iter().map(|e| e.cut).filter(|&c| c > 0).collect();
+    if cut.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}: {} of {} conversations are longer than --max-len {max_len} and were cut \
+         ({} tokens dropped from their ends)",
+        what.display(),
+        cut.len(),
+        examples.len(),
+        cut.iter().sum::<usize>()
+    ))
 }
 
 #[derive(Deserialize)]
@@ -88,6 +106,7 @@ pub fn encode_conversation(
         .map(|o| if trained(o) { 1.0 } else { 0.0 })
         .collect();
     Ok(SftExample {
+        cut: ids.len() - n,
         ids: ids[..n].to_vec(),
         weights,
     })

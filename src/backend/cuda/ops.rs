@@ -588,7 +588,7 @@ impl Backend for CudaBackend {
         &self,
         logits: &CudaTensor,
         rows: &[crate::backend::TokenChoice<'_>],
-    ) -> Result<Vec<crate::backend::Chosen>> {
+    ) -> Result<Vec<crate::backend::RowChoice>> {
         self.select_tokens_on_device(logits, rows)
     }
 }

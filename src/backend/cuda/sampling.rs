@@ -2,7 +2,7 @@
 //! `CudaBackend` runs the repetition penalty on f32 copies of the rows that use it, the
 //! sample kernel (forced token, greedy argmax, or seeded temperature/top-k/top-p/min-p whose
 //! draw is `counter_uniform(seed, step)`), and a kernel giving each row's log-sum-exp and the
-//! chosen token's log-prob. Only ids, log-probs and NaN flags come back to the host, and
+//! chosen token's log-prob. Only ids, log-probs and non-finite flags come back to the host, and
 //! `engine::sampling::select_on_host` on the same logits picks the same tokens.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
@@ -10,7 +10,9 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use super::device::{CudaBackend, grid};
 use super::ops::{CudaTensor, launch_err, shape_err};
 use crate::Result;
-use crate::engine::sampling::{Chosen, TokenChoice, check_choices, nan_error, penalty_tokens};
+use crate::engine::sampling::{
+    Chosen, NonFinite, RowChoice, TokenChoice, check_choices, penalty_tokens,
+};
 
 /// "None" in the kernels' u32 per-row parameters (kernels/sampling.cu `NO_ROW`).
 const NO_ROW: u32 = u32::MAX;
@@ -80,7 +82,7 @@ impl CudaBackend {
         &self,
         logits: &CudaTensor,
         rows: &[TokenChoice<'_>],
-    ) -> Result<Vec<Chosen>> {
+    ) -> Result<Vec<RowChoice>> {
         check_choices(rows, logits.rows, logits.cols)?;
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -149,19 +151,21 @@ impl CudaBackend {
             .stream()
             .clone_dtoh(&result)
             .map_err(|e| shape_err("select_tokens", format!("{e:?}")))?;
-        host.chunks_exact(3)
+        Ok(host
+            .chunks_exact(3)
             .take(n)
-            .enumerate()
-            .map(|(r, c)| {
+            .map(|c| {
                 if c[2] != NO_ROW {
-                    return Err(nan_error(r, c[2] as usize));
+                    return Err(NonFinite {
+                        token: c[2] as usize,
+                    });
                 }
                 Ok(Chosen {
                     token: c[0],
                     logprob: f32::from_bits(c[1]),
                 })
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -455,8 +455,7 @@ fn zero_token_budgets_are_refused_naming_the_role() {
             _ => cfg.worker.max_new_tokens = 0,
         }
         let err = run_episodes(&mut engine, &tok, &cfg, &["q".into()], None, 0)
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(
             err.contains(role) && err.contains("max_new_tokens must be at least 1"),

@@ -353,3 +353,22 @@ fn sampled_tokens_follow_the_draw_counter() {
         "the settings should make sampling visible"
     );
 }
+
+/// As in vLLM and the OpenAI API, zero new tokens is refused, not quietly one token.
+#[test]
+fn a_request_for_zero_new_tokens_is_refused() {
+    let model = load("tiny-gqa4-tied");
+    let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
+    let err = engine
+        .add_request(vec![1, 2, 3], greedy(0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_new_tokens must be at least 1"), "{err}");
+    assert!(!engine.has_unfinished());
+    let err = engine.generate(&[1, 2, 3], &greedy(0), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("max_new_tokens"), "{err}");
+    // One token is the smallest request, and it gets exactly one.
+    let out = engine.generate(&[1, 2, 3], &greedy(1), |_| {}).unwrap();
+    assert_eq!(out.token_ids.len(), 1);
+    assert_eq!(out.finish_reason, FinishReason::Length);
+}

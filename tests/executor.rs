@@ -32,25 +32,31 @@ fn run(
     capacity: usize,
     scripts: &[Script],
 ) -> Vec<EpisodeOutcome> {
-    let cfg = EngineConfig {
-        num_blocks: 256,
+    run_with(model, tok, &ExecutorConfig::new(capacity), 256, scripts)
+}
+
+fn run_with(
+    model: &Qwen3<CpuBackend>,
+    tok: &Tokenizer,
+    cfg: &ExecutorConfig,
+    num_blocks: usize,
+    scripts: &[Script],
+) -> Vec<EpisodeOutcome> {
+    let engine_cfg = EngineConfig {
+        num_blocks,
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(model, Some(tok), cfg).unwrap();
+    let mut engine = Engine::new(model, Some(tok), engine_cfg).unwrap();
     let questions: Vec<String> = (0..scripts.len())
         .map(|i| format!("Question {i}: what is 3 + 4?"))
         .collect();
-    let out = run_episodes(
-        &mut engine,
-        tok,
-        &ExecutorConfig::new(capacity),
-        &questions,
-        Some(scripts),
-        0,
-    )
-    .unwrap();
+    let out = run_episodes(&mut engine, tok, cfg, &questions, Some(scripts), 0).unwrap();
     assert!(!engine.has_unfinished(), "every sequence ended");
-    assert_eq!(engine.num_free_blocks(), 256, "every KV block returned");
+    assert_eq!(
+        engine.num_free_blocks(),
+        num_blocks,
+        "every KV block returned"
+    );
     engine.check_invariants().unwrap();
     out
 }
@@ -320,5 +326,183 @@ fn a_lone_agent_has_concurrency_exactly_one_under_chunked_prefill() {
         assert_eq!(o.record.concurrency, 1.0, "{}", o.question);
         assert_eq!(o.record.wall_clock_steps, o.organizer.tokens);
         assert_eq!(o.critical_path_tokens, o.organizer.tokens);
+
+/// The organizer text up to and including its first JOIN, and the rest of a script.
+const FORK_JOIN: &str = "<FORK-1>add three</FORK-1>\n<JOIN-1>";
+const AFTER_JOIN: &str = " so\n<ANSWER>7</ANSWER>";
+const SLOW_WORKER: &str =
+    "one two three four five six seven eight nine ten eleven twelve <RETURN>three</RETURN>";
+
+fn only_error(out: &EpisodeOutcome) -> String {
+    assert_eq!(out.record.format_errors.len(), 1, "{:?}", out.record);
+    assert!(out.record.final_answer.is_none());
+    out.record.format_errors[0].to_string()
+}
+
+/// The organizer's budget runs out on the token that completes `<JOIN-1>` while worker 1
+/// still runs (the issue's crash: pausing a finished sequence), beside an episode that
+/// goes on to its answer.
+#[test]
+fn organizer_budget_ending_on_a_join_of_a_running_worker_is_a_recorded_failure() {
+    let (model, tok) = setup();
+    let mut cfg = ExecutorConfig::new(2);
+    cfg.organizer.max_new_tokens = n(&tok, FORK_JOIN);
+    let org = format!("{FORK_JOIN}{AFTER_JOIN}");
+    let outs = run_with(
+        &model,
+        &tok,
+        &cfg,
+        256,
+        &[
+            script(&org, &[(1, SLOW_WORKER)]),
+            script("<ANSWER>7</ANSWER>", &[]),
+        ],
+    );
+    assert_eq!(
+        only_error(&outs[0]),
+        format!(
+            "budget exceeded: organizer tokens while waiting on JOIN-1 (limit {})",
+            n(&tok, FORK_JOIN)
+        )
+    );
+    assert_eq!(outs[0].organizer.tokens, n(&tok, FORK_JOIN));
+    assert!(outs[0].record.workers[0].takeaways.is_none());
+    assert_eq!(outs[1].record.final_answer.as_deref(), Some("7"));
+}
+
+/// The same last token, with worker 1 already returned: injecting its takeaways into the
+/// finished organizer used to fail the same way.
+#[test]
+fn organizer_budget_ending_on_a_join_of_a_returned_worker_is_a_recorded_failure() {
+    let (model, tok) = setup();
+    let org = "<FORK-1>q</FORK-1>\nlong thinking about many things while the worker runs its course\n<JOIN-1>";
+    let mut cfg = ExecutorConfig::new(2);
+    cfg.organizer.max_new_tokens = n(&tok, org);
+    let scripts = [script(
+        &format!("{org}{AFTER_JOIN}"),
+        &[(1, "<RETURN>r</RETURN>")],
+    )];
+    let out = &run_with(&model, &tok, &cfg, 256, &scripts)[0];
+    assert_eq!(out.record.workers[0].takeaways.as_deref(), Some("r"));
+    assert!(
+        only_error(out).starts_with("budget exceeded: organizer tokens while waiting on JOIN-1"),
+        "{:?}",
+        out.record.format_errors
+    );
+}
+
+/// A stop string that the JOIN token completes ends the organizer in the same step.
+#[test]
+fn a_stop_string_on_the_join_token_is_a_recorded_failure() {
+    let (model, tok) = setup();
+    let mut cfg = ExecutorConfig::new(2);
+    cfg.organizer.stop = vec!["<JOIN-1>".into()];
+    let scripts = [script(
+        &format!("{FORK_JOIN}{AFTER_JOIN}"),
+        &[(1, SLOW_WORKER)],
+    )];
+    let out = &run_with(&model, &tok, &cfg, 256, &scripts)[0];
+    assert_eq!(
+        only_error(out),
+        "organizer ended (stop string) while waiting on JOIN-1"
+    );
+}
+
+/// A script that ends on its JOIN (its "length" before its budget) is the same path.
+#[test]
+fn a_script_ending_on_a_join_is_a_recorded_failure() {
+    let (model, tok) = setup();
+    let out = &run(&model, &tok, 2, &[script(FORK_JOIN, &[(1, SLOW_WORKER)])])[0];
+    assert_eq!(
+        only_error(out),
+        "organizer ended (end of its script) while waiting on JOIN-1"
+    );
+}
+
+/// KV exhaustion: the takeaways injected at the JOIN make the organizer's context larger
+/// than the whole cache. The engine ends it with CacheFull, and the record says so.
+#[test]
+fn an_organizer_outgrowing_the_kv_cache_is_a_recorded_kv_failure() {
+    let (model, tok) = setup();
+    let mut cfg = ExecutorConfig::new(2);
+    cfg.worker.max_new_tokens = 512;
+    let chat = |system: &str, user: &str| {
+        tok.encode_chat(
+            &[
+                asyncthink::tokenizer::ChatMessage::new("system", system),
+                asyncthink::tokenizer::ChatMessage::new("user", user),
+            ],
+            &asyncthink::tokenizer::ChatTemplateOptions {
+                add_generation_prompt: true,
+                enable_thinking: None,
+            },
+        )
+        .unwrap()
+        .len()
+    };
+    let takeaway = "many words of takeaway ".repeat(10);
+    let worker = format!("<RETURN>{takeaway}</RETURN>");
+    let org = format!("{FORK_JOIN}{AFTER_JOIN}");
+    let worker_len = chat(&cfg.worker_system, "add three") + n(&tok, &worker);
+    let org_len = chat(&cfg.organizer_system, "Question 0: what is 3 + 4?") + n(&tok, &org);
+    // Room for the worker alone, not for the organizer with the takeaways inside it.
+    let num_blocks = worker_len.div_ceil(16) + 1;
+    assert!(org_len + n(&tok, &takeaway) > num_blocks * 16);
+    assert!(
+        org_len + 1 < num_blocks * 16,
+        "the organizer fits until the JOIN"
+    );
+    let out = &run_with(
+        &model,
+        &tok,
+        &cfg,
+        num_blocks,
+        &[script(&org, &[(1, &worker)])],
+    )[0];
+    let err = only_error(out);
+    assert!(
+        err.contains("KV cache") && err.contains("organizer"),
+        "{err}"
+    );
+}
+
+/// A worker prompt the engine refuses (longer than the model's context, or than the whole
+/// KV cache) ends that episode, not the run.
+#[test]
+fn a_worker_prompt_the_engine_refuses_is_a_recorded_failure() {
+    let (model, tok) = setup();
+    let mut cfg = ExecutorConfig::new(2);
+    cfg.worker_system = "a very long worker instruction ".repeat(80);
+    let scripts = [
+        script(&format!("{FORK_JOIN}{AFTER_JOIN}"), &[(1, SLOW_WORKER)]),
+        script("<ANSWER>7</ANSWER>", &[]),
+    ];
+    let outs = run_with(&model, &tok, &cfg, 24, &scripts);
+    let err = only_error(&outs[0]);
+    assert!(
+        err.starts_with("worker 1 could not start") && err.contains("max_position_embeddings"),
+        "{err}"
+    );
+    assert_eq!(outs[1].record.final_answer.as_deref(), Some("7"));
+}
+
+#[test]
+fn zero_token_budgets_are_refused_naming_the_role() {
+    let (model, tok) = setup();
+    let mut engine = Engine::new(&model, Some(&tok), EngineConfig::default()).unwrap();
+    for role in ["organizer", "worker"] {
+        let mut cfg = ExecutorConfig::new(2);
+        match role {
+            "organizer" => cfg.organizer.max_new_tokens = 0,
+            _ => cfg.worker.max_new_tokens = 0,
+        }
+        let err = run_episodes(&mut engine, &tok, &cfg, &["q".into()], None, 0)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains(role) && err.contains("max_new_tokens must be at least 1"),
+            "{err}"
+        );
+        assert!(!engine.has_unfinished());
     }
 }

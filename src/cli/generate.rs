@@ -46,7 +46,7 @@ pub struct GenerateArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::token_budget())]
     pub max_new_tokens: usize,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]

@@ -271,3 +271,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::GpuProbe(a) => gpu_probe::run(a),
     }
 }
+
+/// Token-budget flags take 1 or more: as in vLLM and the OpenAI API, a request for zero
+/// new tokens is refused rather than quietly producing one.
+pub fn token_budget() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}

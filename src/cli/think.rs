@@ -20,9 +20,9 @@ pub struct ExecutorArgs {
     pub capacity: usize,
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::token_budget())]
     pub organizer_tokens: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::token_budget())]
     pub worker_tokens: usize,
     #[arg(long, default_value_t = 4096)]
     pub max_steps: usize,

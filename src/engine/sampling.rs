@@ -69,6 +69,10 @@ impl SamplingParams {
                 self.repetition_penalty
             ));
         }
+        // As vLLM and the OpenAI API: a request always asks for at least one token.
+        if self.max_new_tokens == 0 {
+            return bad("max_new_tokens must be at least 1, got 0".into());
+        }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop strings must not be empty".into());
         }

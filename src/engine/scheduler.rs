@@ -74,11 +74,14 @@ impl<B: Backend> Engine<'_, B> {
             }
         }
 
-        // Admit waiting sequences, unless this step already had to take blocks back.
+        // Admit waiting sequences, unless this step already had to take blocks back. A
+        // paused one (an organizer preempted while it waits on a JOIN) stays queued: run
+        // now, it would sample a token before the executor resumes it.
         while !preempted_any && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
-            let Some(&id) = self.waiting.front() else {
+            let Some(pos) = self.waiting.iter().position(|w| !self.seqs[w].paused) else {
                 break;
             };
+            let id = self.waiting[pos];
             if self.cfg.prefix_caching && self.seqs[&id].block_table.is_empty() {
                 self.match_prefix(id);
             }
@@ -89,7 +92,7 @@ impl<B: Backend> Engine<'_, B> {
             }
             match self.reserve(id, n) {
                 Ok(()) => {
-                    self.waiting.pop_front();
+                    self.waiting.remove(pos);
                     self.running.push(id);
                     if let Some(s) = self.seqs.get_mut(&id) {
                         s.status = Status::Running;
@@ -99,6 +102,13 @@ impl<B: Backend> Engine<'_, B> {
                 }
                 Err(Error::KvCacheFull(_)) => {
                     self.release_blocks(id);
+                    if self.running.is_empty() {
+                        // Nothing else holds blocks (a sequence that grew while it waited,
+                        // e.g. by injected tokens): it can never fit.
+                        self.finish(id, FinishReason::CacheFull);
+                        plan.cache_full.push(id);
+                        continue;
+                    }
                     // Nothing can run and blocks are held by paused sequences (an
                     // organizer waiting on this very worker): make room by preempting one.
                     let paused_victim = self

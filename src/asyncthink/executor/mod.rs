@@ -1,6 +1,7 @@
 //! The AsyncThink executor: organizer and workers as sequences of one batching engine.
 
 pub mod config;
+mod ended;
 pub mod episode;
 pub mod modes;
 pub mod run;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::config::ExecutorConfig;
+use super::ended::{Ended, Limits, ended_error};
 use super::episode::{
     Agent, AgentRollout, Episode, EpisodeOutcome, EventKind, TimelineEvent, Worker,
 };
@@ -58,6 +59,10 @@ pub fn run_episodes<B: Backend>(
             "capacity must be at least 1 (the organizer)".into(),
         ));
     }
+    for (role, p) in [("organizer", &cfg.organizer), ("worker", &cfg.worker)] {
+        p.validate()
+            .map_err(|e| Error::InvalidInput(format!("{role} sampling: {e}")))?;
+    }
     let mut run = Run {
         engine,
         tokenizer,
@@ -98,8 +103,9 @@ impl<B: Backend> Run<'_, '_, B> {
         let mut p = base.clone();
         p.seed = self.seed.wrapping_mul(0x9E37_79B9).wrapping_add(salt);
         if let Some(s) = script {
-            // A script ends where its text ends: no free sampling after it.
-            p.max_new_tokens = s.len();
+            // A script ends where its text ends (no free sampling after it), or at the
+            // budget if that comes first.
+            p.max_new_tokens = p.max_new_tokens.min(s.len());
             p.ignore_eos = true;
         }
         p
@@ -111,6 +117,11 @@ impl<B: Backend> Run<'_, '_, B> {
             Some(s) => Some(self.encode_script(&s[index].organizer)?),
             None => None,
         };
+        if script.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::InvalidInput(format!(
+                "script {index}: the organizer's text is empty"
+            )));
+        }
         let params = self.params(&self.cfg.organizer, index as u64 * 1000, script.as_deref());
         let seq = self.engine.add_request(prompt, params)?;
         if let Some(s) = &script {
@@ -272,10 +283,16 @@ impl<B: Backend> Run<'_, '_, B> {
                     worker: Some(id),
                     step,
                 });
-                if e.workers.get(&id).is_some_and(|w| w.takeaway.is_some()) {
+                let org = e.organizer.seq;
+                let returned = e.workers.get(&id).is_some_and(|w| w.takeaway.is_some());
+                if !self.is_live(org) {
+                    // The token that completed the JOIN was the organizer's last: the JOIN
+                    // stays pending and the organizer's finish reports it.
+                    Ok(())
+                } else if returned {
                     self.join(ep, id)
                 } else {
-                    self.engine.set_paused(e.organizer.seq, true)
+                    self.engine.set_paused(org, true)
                 }
             }
             (Role::Organizer, Event::Answer { text, .. }) => {
@@ -320,7 +337,16 @@ impl<B: Backend> Run<'_, '_, B> {
         if params.max_new_tokens == 0 {
             return self.fail(ep, ProtocolError::MissingReturn);
         }
-        let seq = self.engine.add_request(prompt, params)?;
+        // A sub-query the model wrote can make a prompt the engine refuses (longer than
+        // the context or the whole KV cache): that is this episode's failure, not the run's.
+        let seq = match self.engine.add_request(prompt, params) {
+            Ok(seq) => seq,
+            Err(e @ (Error::InvalidInput(_) | Error::KvCacheFull(_))) => {
+                let msg = e.to_string();
+                return self.fail(ep, ProtocolError::WorkerNotStarted { id, msg });
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(s) = &script {
             self.engine.force_tokens(seq, s)?;
         }
@@ -350,6 +376,10 @@ impl<B: Backend> Run<'_, '_, B> {
     /// Appends worker `id`'s takeaways and the closing tag to the organizer and resumes it.
     fn join(&mut self, ep: usize, id: u32) -> Result<()> {
         let step = self.step;
+        if !self.is_live(self.episodes[ep].organizer.seq) {
+            // Left pending: the organizer's finish ends the episode.
+            return Ok(());
+        }
         let e = &mut self.episodes[ep];
         let Some(w) = e.workers.get_mut(&id) else {
             return Ok(());
@@ -371,52 +401,56 @@ impl<B: Backend> Run<'_, '_, B> {
 
     fn on_finish(&mut self, ep: usize, role: Role, reason: FinishReason) -> Result<()> {
         let step = self.step;
-        let limit = |p: &SamplingParams| p.max_new_tokens;
-        match role {
-            Role::Organizer => {
-                self.episodes[ep].organizer.end_step = Some(step + 1);
-                let err = match reason {
-                    FinishReason::Length if self.scripts.is_none() => {
-                        ProtocolError::BudgetExceeded {
-                            what: "organizer tokens".into(),
-                            limit: limit(&self.cfg.organizer),
-                        }
-                    }
-                    _ => self.episodes[ep]
-                        .organizer
-                        .parser
-                        .finish()
-                        .err()
-                        .unwrap_or(ProtocolError::MissingAnswer),
-                };
-                self.fail(ep, err)
-            }
+        let scripted = self.scripts.is_some();
+        let kv_blocks = self.engine.config().num_blocks;
+        let max_positions = self.engine.model().config.max_position_embeddings;
+        let e = &mut self.episodes[ep];
+        let (who, agent, tokens) = match role {
+            Role::Organizer => (
+                Ended::Organizer {
+                    waiting_on: e.waiting_on,
+                },
+                &mut e.organizer,
+                self.cfg.organizer.max_new_tokens,
+            ),
             Role::Worker(id) => {
-                let e = &mut self.episodes[ep];
                 let Some(w) = e.workers.get_mut(&id) else {
                     return Ok(());
                 };
                 if w.takeaway.is_some() {
                     return Ok(());
                 }
-                w.agent.end_step = Some(step + 1);
-                let err = match reason {
-                    FinishReason::Length if self.scripts.is_none() => {
-                        ProtocolError::BudgetExceeded {
-                            what: format!("worker {id} tokens"),
-                            limit: limit(&self.cfg.worker),
-                        }
-                    }
-                    _ => w
-                        .agent
-                        .parser
-                        .finish()
-                        .err()
-                        .unwrap_or(ProtocolError::MissingReturn),
-                };
-                self.fail(ep, err)
+                (
+                    Ended::Worker(id),
+                    &mut w.agent,
+                    self.cfg.worker.max_new_tokens,
+                )
             }
-        }
+        };
+        agent.end_step = Some(step + 1);
+        let limits = Limits {
+            generated: agent.tokens,
+            tokens,
+            max_positions,
+            kv_blocks,
+            scripted,
+        };
+        let parser = &mut agent.parser;
+        let fallback = match role {
+            Role::Organizer => ProtocolError::MissingAnswer,
+            Role::Worker(_) => ProtocolError::MissingReturn,
+        };
+        let err = ended_error(who, &reason, limits, || {
+            parser.finish().err().unwrap_or(fallback)
+        });
+        self.fail(ep, err)
+    }
+
+    /// Whether the engine still runs `seq`: it may have finished it inside the last step.
+    fn is_live(&self, seq: SeqId) -> bool {
+        self.engine
+            .sequence(seq)
+            .is_some_and(|s| s.finish_reason.is_none())
     }
 
     /// Ends a sequence (if still running) and keeps what the trainer needs of it.

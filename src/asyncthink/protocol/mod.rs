@@ -121,6 +121,13 @@ pub enum ProtocolError {
     UnjoinedForks { ids: Vec<u32> },
     #[error("budget exceeded: {what} (limit {limit})")]
     BudgetExceeded { what: String, limit: usize },
+    /// The engine ended the organizer (a stop string, end-of-sequence, an abort) on or
+    /// after the token that completed `<JOIN-id>`, before the payload could be injected.
+    #[error("organizer ended ({reason}) while waiting on JOIN-{id}")]
+    EndedBeforeJoin { id: u32, reason: String },
+    /// The engine refused worker `id`'s prompt (longer than the context or the KV cache).
+    #[error("worker {id} could not start: {msg}")]
+    WorkerNotStarted { id: u32, msg: String },
     #[error("model text after JOIN-{id} before the executor injected the payload")]
     TextWhileAwaitingJoin { id: u32 },
     #[error("executor injected a payload for worker {got} but the parser waits for {expected:?}")]

@@ -72,6 +72,9 @@ pub fn ended_error(
             what: format!("context length of the {}{}", who.name(), who.waiting()),
             limit: limits.max_positions,
         },
+        (FinishReason::Error, _) => ProtocolError::NonFiniteLogits {
+            who: format!("{}{}", who.name(), who.waiting()),
+        },
         (FinishReason::CacheFull, _) => ProtocolError::BudgetExceeded {
             what: format!(
                 "KV cache: the {} context needs more blocks than the whole cache{}",
@@ -100,6 +103,7 @@ fn finish_name(reason: &FinishReason) -> &'static str {
         FinishReason::Length => "end of its script",
         FinishReason::Aborted => "aborted",
         FinishReason::CacheFull => "KV cache full",
+        FinishReason::Error => "non-finite logits",
     }
 }
 

@@ -43,6 +43,7 @@ mod kernels;
 mod logits;
 mod sft;
 pub mod think;
+mod validate;
 
 use std::path::PathBuf;
 

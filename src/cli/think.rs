@@ -66,6 +66,9 @@ pub struct ThinkArgs {
 }
 
 pub fn run(args: ThinkArgs) -> Result<()> {
+    args.model.validate()?;
+    args.graphs.validate()?;
+    args.executor.validate()?;
     args.model.init_threads()?;
     on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }

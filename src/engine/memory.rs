@@ -40,17 +40,46 @@ impl EngineConfig {
         kv_cache_mb: Option<usize>,
         device_fraction: f32,
     ) -> Result<Self> {
-        if let Some(mb) = kv_cache_mb {
-            return Ok(self.with_kv_budget(model, mb << 20));
-        }
-        match model.backend.device_memory() {
-            None => Ok(self.with_kv_budget(model, DEFAULT_HOST_KV_MB << 20)),
-            Some((free, total)) => {
+        let cfg = match (kv_cache_mb, model.backend.device_memory()) {
+            (Some(mb), _) => {
+                let bytes = mb
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| Error::InvalidInput(format!("--kv-cache-mb {mb}: too large")))?;
+                self.with_kv_budget(model, bytes)
+            }
+            (None, None) => self.with_kv_budget(model, DEFAULT_HOST_KV_MB << 20),
+            (None, Some((free, total))) => {
                 let reserve = self.activation_reserve(model);
                 let bytes = kv_bytes_from_fraction(free, total, device_fraction, reserve)?;
-                Ok(self.with_kv_budget(model, bytes))
+                self.with_kv_budget(model, bytes)
             }
+        };
+        if cfg.num_blocks == 0 {
+            // One block's size depends on the model, so this is the first place it is known.
+            let block_mib = cfg.block_bytes(model).div_ceil(1 << 20);
+            let given = kv_cache_mb.map_or_else(
+                || format!("the KV memory left (--gpu-memory-utilization {device_fraction})"),
+                |mb| format!("--kv-cache-mb {mb}"),
+            );
+            return Err(Error::InvalidInput(format!(
+                "{given}: must be at least one block ({block_mib} MiB for this model at \
+                 --block-size {})",
+                cfg.block_size
+            )));
         }
+        Ok(cfg)
+    }
+
+    /// Bytes of one KV block (K and V of every layer) for `model` on its backend.
+    pub fn block_bytes<B: Backend>(&self, model: &Qwen3<B>) -> usize {
+        let c = &model.config;
+        KvLayout::block_bytes(
+            c.num_hidden_layers,
+            self.block_size,
+            c.num_key_value_heads,
+            c.head_dim,
+            model.backend.kv_element_bytes(),
+        )
     }
 
     /// A generous bound on one step's live activations in bf16: the widest per-token tensors

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Items written by `asyncthink data gen`.
+    /// Items written by `asyncthink data gen` (a file with none is an error).
     #[arg(long)]
     pub tasks: PathBuf,
     #[arg(long, value_enum)]

@@ -40,27 +40,30 @@ impl EngineConfig {
         kv_cache_mb: Option<usize>,
         device_fraction: f32,
     ) -> Result<Self> {
-        let cfg = match (kv_cache_mb, model.backend.device_memory()) {
+        // The budget, and what set it, for the error below.
+        let (bytes, given) = match (kv_cache_mb, model.backend.device_memory()) {
             (Some(mb), _) => {
                 let bytes = mb
                     .checked_mul(1 << 20)
                     .ok_or_else(|| Error::InvalidInput(format!("--kv-cache-mb {mb}: too large")))?;
-                self.with_kv_budget(model, bytes)
+                (bytes, format!("--kv-cache-mb {mb}"))
             }
-            (None, None) => self.with_kv_budget(model, DEFAULT_HOST_KV_MB << 20),
+            (None, None) => (
+                DEFAULT_HOST_KV_MB << 20,
+                format!("the default KV cache of {DEFAULT_HOST_KV_MB} MiB"),
+            ),
             (None, Some((free, total))) => {
                 let reserve = self.activation_reserve(model);
                 let bytes = kv_bytes_from_fraction(free, total, device_fraction, reserve)?;
-                self.with_kv_budget(model, bytes)
+                let mib = bytes >> 20;
+                let given = format!("--gpu-memory-utilization {device_fraction} ({mib} MiB of KV)");
+                (bytes, given)
             }
         };
+        let cfg = self.with_kv_budget(model, bytes);
         if cfg.num_blocks == 0 {
             // One block's size depends on the model, so this is the first place it is known.
             let block_mib = cfg.block_bytes(model).div_ceil(1 << 20);
-            let given = kv_cache_mb.map_or_else(
-                || format!("the KV memory left (--gpu-memory-utilization {device_fraction})"),
-                |mb| format!("--kv-cache-mb {mb}"),
-            );
             return Err(Error::InvalidInput(format!(
                 "{given}: must be at least one block ({block_mib} MiB for this model at \
                  --block-size {})",

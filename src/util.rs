@@ -169,6 +169,70 @@ pub fn utc_now() -> String {
     format_utc(secs)
 }
 
+/// A file written in pieces that appears at its path whole or not at all, as
+/// `write_atomic`'s does: the pieces go to a temporary sibling, which `commit` syncs and
+/// renames over the target. Dropped without `commit` (an error on the way), the temporary
+/// is removed and the target is left as it was.
+pub struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
+        let tmp = dir.join(format!(
+            ".{}.part{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(std::io::BufWriter::new(file)),
+        })
+    }
+
+    /// `row` as one JSON line.
+    pub fn write_json_line<S: serde::Serialize>(&mut self, row: &S) -> Result<()> {
+        let io = |e| Error::io(&self.path, e);
+        let Some(w) = self.file.as_mut() else {
+            return Err(io(std::io::Error::other("already committed")));
+        };
+        serde_json::to_writer(&mut *w, row)?;
+        w.write_all(b"\n").map_err(io)
+    }
+
+    /// Flushes, syncs and renames the temporary over the target.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(w) = self.file.take() else {
+            return Ok(());
+        };
+        let finish = || -> std::io::Result<()> {
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)
+        };
+        // On error, Drop removes the temporary.
+        finish().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // After a successful commit the temporary is gone and this fails harmlessly.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +327,25 @@ mod tests {
         assert_eq!(format_utc(951_786_061), "2000-02-29T01:01:01Z");
         assert_eq!(format_utc(1_709_251_199), "2024-02-29T23:59:59Z");
         assert_eq!(format_utc(4_102_444_800), "2100-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn an_atomic_file_appears_whole_on_commit_and_not_at_all_without() {
+        let dir = std::env::temp_dir().join(format!("asyncthink-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rows.jsonl");
+        std::fs::write(&path, "old\n").unwrap();
+        let mut f = super::AtomicFile::create(&path).unwrap();
+        f.write_json_line(&[1, 2]).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old\n");
+        let mut f = super::AtomicFile::create(&path).unwrap();
+        f.write_json_line(&[1, 2]).unwrap();
+        f.write_json_line(&"x").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[1,2]\n\"x\"\n");
+        // No temporary left behind either way.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

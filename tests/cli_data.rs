@@ -111,3 +111,125 @@ fn bad_input_is_an_error_not_a_panic() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `data gen --out` for `args`, in a fresh directory; the file's text and what else the
+/// directory holds afterwards (nothing: no temporary left behind).
+fn gen_in_tempdir(args: &[&str]) -> (String, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("items.jsonl");
+    let o = bin()
+        .args(["data", "gen"])
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let others = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "items.jsonl")
+        .collect();
+    (std::fs::read_to_string(&out).unwrap(), others)
+}
+
+#[test]
+fn gen_output_is_unchanged_by_streaming() {
+    // Captured from the binary before `data gen` streamed its output.
+    let (text, _) = gen_in_tempdir(&["--task", "arithmetic", "--n", "2", "--seed", "7"]);
+    assert_eq!(
+        text,
+        concat!(
+            r#"{"id":"arithmetic-s7-0000000","op":"product","operands":[13,8,15,5,12],"parts":[[13,8],[15],[5,12]],"result":"93600"}"#,
+            "\n",
+            r#"{"id":"arithmetic-s7-0000001","op":"sum","operands":[16,355,381,557,455],"parts":[[16],[355,381,557,455]],"result":"1764"}"#,
+            "\n"
+        )
+    );
+    let (text, _) = gen_in_tempdir(&["--task", "countdown", "--n", "2", "--seed", "7"]);
+    assert_eq!(
+        text,
+        concat!(
+            r#"{"id":"countdown-s7-0000000","numbers":[73,58,37],"target":94,"integer_only":true,"solution":"73 + 58 - 37"}"#,
+            "\n",
+            r#"{"id":"countdown-s7-0000001","numbers":[27,2,36],"target":18,"integer_only":true,"solution":"36 / 2"}"#,
+            "\n"
+        )
+    );
+}
+
+#[test]
+fn gen_streams_in_chunks_the_same_items_as_one_batch() {
+    use asyncthink::tasks::arithmetic::Arithmetic;
+    use asyncthink::tasks::{ITEM_CHUNK, generate_items};
+    // Three chunks, the last one partial.
+    let n = 2 * ITEM_CHUNK as usize + 7;
+    let (text, others) =
+        gen_in_tempdir(&["--task", "arithmetic", "--n", &n.to_string(), "--seed", "5"]);
+    assert!(others.is_empty(), "left behind: {others:?}");
+    let mut whole = String::new();
+    for item in generate_items(&Arithmetic::default(), n, 5) {
+        whole.push_str(&serde_json::to_string(&item).unwrap());
+        whole.push('\n');
+    }
+    assert!(
+        text == whole,
+        "streamed output differs from the in-memory set"
+    );
+}
+
+#[test]
+fn traces_stream_the_same_conversations_as_one_batch() {
+    use asyncthink::asyncthink::protocol::ProtocolTags;
+    use asyncthink::asyncthink::traces::{TraceMode, synthesize};
+    use asyncthink::tasks::ITEM_CHUNK;
+    use asyncthink::tasks::arithmetic::Arithmetic;
+    let n = ITEM_CHUNK as usize + 3;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("traces.jsonl");
+    let o = bin()
+        .args([
+            "data",
+            "traces",
+            "--task",
+            "arithmetic",
+            "--mode",
+            "sequential",
+        ])
+        .args(["--n", &n.to_string(), "--seed", "9", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (convs, stats) = synthesize(
+        &Arithmetic::default(),
+        n,
+        9,
+        TraceMode::Sequential,
+        4,
+        &ProtocolTags::default(),
+    );
+    let mut whole = String::new();
+    for c in &convs {
+        whole.push_str(&serde_json::to_string(c).unwrap());
+        whole.push('\n');
+    }
+    assert!(std::fs::read_to_string(&out).unwrap() == whole);
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&stats.to_string()));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn gen_into_a_missing_directory_fails_cleanly() {
+    let o = bin()
+        .args(["data", "gen", "--task", "arithmetic", "--n", "3", "--out"])
+        .arg("/nonexistent/dir/items.jsonl")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("/nonexistent/dir/items.jsonl"),
+        "{err}"
+    );
+}

@@ -715,24 +715,45 @@ pub fn synthesize<T: Plannable>(
     capacity: usize,
     tags: &ProtocolTags,
 ) -> (Vec<Conversation>, TraceStats) {
-    let items = crate::tasks::generate_items(task, n, seed);
-    let mut stats = TraceStats {
-        items: items.len(),
-        ..Default::default()
-    };
     let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        // A separate stream from the generator's, so structure and item stay independent.
-        let mut rng = item_rng(seed ^ 0x5452_4143_4553, i as u64);
-        match synthesize_item::<T>(item, mode, capacity, tags, &mut rng, &mut stats) {
-            Ok(convs) => out.extend(convs),
-            Err(why) => {
-                stats.dropped += 1;
-                stats.first_drop_reason.get_or_insert(why);
+    let collect = |convs: Vec<Conversation>| -> Result<(), std::convert::Infallible> {
+        out.extend(convs);
+        Ok(())
+    };
+    match synthesize_each(task, n, seed, mode, capacity, tags, collect) {
+        Ok(stats) => (out, stats),
+        Err(never) => match never {},
+    }
+}
+
+/// `synthesize` as a stream: each kept item's conversations go to `sink` in item order,
+/// and items are generated a chunk at a time, so memory stays flat whatever `n` is.
+pub fn synthesize_each<T: Plannable, E: Send>(
+    task: &T,
+    n: usize,
+    seed: u64,
+    mode: TraceMode,
+    capacity: usize,
+    tags: &ProtocolTags,
+    mut sink: impl FnMut(Vec<Conversation>) -> Result<(), E> + Send,
+) -> Result<TraceStats, E> {
+    let mut stats = TraceStats::default();
+    crate::tasks::for_each_chunk(task, n as u64, seed, |start, items| {
+        stats.items += items.len();
+        for (k, item) in items.iter().enumerate() {
+            // A separate stream from the generator's, so structure and item stay independent.
+            let mut rng = item_rng(seed ^ 0x5452_4143_4553, start + k as u64);
+            match synthesize_item::<T>(item, mode, capacity, tags, &mut rng, &mut stats) {
+                Ok(convs) => sink(convs)?,
+                Err(why) => {
+                    stats.dropped += 1;
+                    stats.first_drop_reason.get_or_insert(why);
+                }
             }
         }
-    }
-    (out, stats)
+        Ok(())
+    })?;
+    Ok(stats)
 }
 
 #[cfg(test)]

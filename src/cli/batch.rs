@@ -95,6 +95,27 @@ struct RequestLine {
     sampling: Option<SamplingParams>,
 }
 
+/// One request line. Anything but a JSON object is refused by its shape first: serde's own
+/// complaint about an array (`invalid type: integer 2, expected a string`) does not say
+/// what a line should be.
+fn parse_request(line: &str) -> std::result::Result<RequestLine, String> {
+    let shape = match serde_json::from_str::<Value>(line).map_err(|e| e.to_string())? {
+        Value::Object(_) => None,
+        Value::Array(_) => Some("an array"),
+        Value::String(_) => Some("a string"),
+        Value::Number(_) => Some("a number"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Null => Some("null"),
+    };
+    if let Some(got) = shape {
+        return Err(format!(
+            "a request must be a JSON object with \"prompt\", \"messages\" or \"prompt_ids\", \
+             got {got}"
+        ));
+    }
+    serde_json::from_str(line).map_err(|e| e.to_string())
+}
+
 fn prompt_ids(line: &RequestLine, tokenizer: &Tokenizer, raw: bool) -> Result<Vec<u32>> {
     let chat = |msgs: &[ChatMessage]| tokenizer.encode_chat(msgs, &ChatTemplateOptions::default());
     match (&line.prompt, &line.messages, &line.prompt_ids) {
@@ -109,6 +130,10 @@ fn prompt_ids(line: &RequestLine, tokenizer: &Tokenizer, raw: bool) -> Result<Ve
 }
 
 pub fn run(args: BatchArgs) -> Result<()> {
+    args.model.validate()?;
+    args.sampling.validate()?;
+    args.engine.validate()?;
+    args.graphs.validate()?;
     args.model.init_threads()?;
     on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
@@ -137,7 +162,7 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
         let at = |msg: String| Error::InvalidInput(format!("line {}: {msg}", lineno + 1));
         let outcome = line
             .map_err(|e| at(format!("not valid UTF-8 ({e})")))
-            .and_then(|l| serde_json::from_str::<RequestLine>(l).map_err(|e| at(e.to_string())))
+            .and_then(|l| parse_request(l).map_err(at))
             .and_then(|req| {
                 let ids = prompt_ids(&req, &tokenizer, args.raw)?;
                 let params = req

@@ -31,11 +31,12 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.prompt_len == 0 || args.new_tokens < 2 || args.repeats == 0 {
-        return Err(Error::InvalidInput(
-            "need --prompt-len ≥ 1, --new-tokens ≥ 2, --repeats ≥ 1".into(),
-        ));
-    }
+    use super::validate::at_least;
+    args.model.validate()?;
+    at_least("--prompt-len", args.prompt_len, 1)?;
+    // The first new token comes from the prefill: decode speed needs a second.
+    at_least("--new-tokens", args.new_tokens, 2)?;
+    at_least("--repeats", args.repeats, 1)?;
     args.model.init_threads()?;
     let source = args.model.source();
     let load_start = std::time::Instant::now();
@@ -52,12 +53,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ignore_eos: true,
         ..Default::default()
     };
+    let defaults = EngineConfig::default();
     let cfg = EngineConfig {
-        num_blocks: (args.prompt_len + args.new_tokens).div_ceil(16),
+        // The last new token is sampled, never written: prompt + new − 1 positions fit.
+        num_blocks: (args.prompt_len + args.new_tokens).div_ceil(defaults.block_size),
         // The whole prompt in one forward, as transformers' prefill does.
         max_batched_tokens: args.prompt_len,
         prefix_caching: false,
-        ..EngineConfig::default()
+        ..defaults
     };
     let mut engine = Engine::new(&model, None, cfg)?;
     // Warm-up: page in the weights and grow the thread pool.

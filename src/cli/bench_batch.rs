@@ -10,11 +10,11 @@ use serde_json::json;
 
 use super::ModelArgs;
 use super::bench::write_report;
+use crate::Result;
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::model::Qwen3;
-use crate::{Error, Result};
 
 #[derive(Args, Debug)]
 pub struct BenchBatchArgs {
@@ -78,14 +78,14 @@ fn blocks_for_forks<B: Backend>(
 }
 
 pub fn run(args: BenchBatchArgs) -> Result<()> {
-    args.model.init_threads()?;
+    use super::validate::at_least;
+    args.model.validate()?;
     let levels = super::parse_usize_list("--concurrency", &args.concurrency, 1)?;
-    if args.prompt_len == 0 || args.new_tokens == 0 || args.forks == 0 || args.fork_prompt_len == 0
-    {
-        return Err(Error::InvalidInput(
-            "lengths and --forks must be positive".into(),
-        ));
-    }
+    at_least("--prompt-len", args.prompt_len, 1)?;
+    at_least("--new-tokens", args.new_tokens, 1)?;
+    at_least("--fork-prompt-len", args.fork_prompt_len, 1)?;
+    at_least("--forks", args.forks, 1)?;
+    args.model.init_threads()?;
     let source = args.model.source();
     let (model, _) = source.load(CpuBackend)?;
     let vocab = model.config.vocab_size as u32;

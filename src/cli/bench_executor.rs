@@ -145,11 +145,10 @@ fn run_batch(
 }
 
 pub fn run(args: BenchExecutorArgs) -> Result<()> {
-    args.model.init_threads()?;
+    args.model.validate()?;
     let capacities = super::parse_usize_list("--capacities", &args.capacities, 2)?;
-    if args.questions == 0 {
-        return Err(Error::InvalidInput("--questions must be positive".into()));
-    }
+    super::validate::at_least("--questions", args.questions, 1)?;
+    args.model.init_threads()?;
     let source = args.model.source();
     let (model, tokenizer) = source.load(CpuBackend)?;
 

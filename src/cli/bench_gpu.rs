@@ -157,9 +157,10 @@ impl Sizes {
             train_seq_len: pick(a.train_seq_len, 2048, 128),
             train_seqs: pick(a.train_seqs, 4, 2),
         };
+        use super::validate::{at_least, at_least_opt, ordered};
         let positive = [
             ("--repeats", s.repeats),
-            ("--copy-mib", s.copy_bytes),
+            ("--copy-mib", s.copy_bytes >> 20),
             ("--gemm-size", s.gemm),
             ("--decode-seqs", s.decode_seqs),
             ("--decode-context", s.decode_context),
@@ -170,24 +171,17 @@ impl Sizes {
             ("--min-len", s.min_len),
             ("--throughput-repeats", s.throughput_repeats),
             ("--max-batched-tokens", s.max_batched_tokens),
-            ("--kv-blocks", s.kv_blocks.unwrap_or(1)),
             ("--train-seq-len", s.train_seq_len),
             ("--train-seqs", s.train_seqs),
         ];
-        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::InvalidInput(format!("{flag} must be at least 1")));
+        for (flag, v) in positive {
+            at_least(flag, v, 1)?;
         }
-        if s.decode_tokens < 2 {
-            return Err(Error::InvalidInput(
-                "--decode-tokens must be at least 2 (the first comes from the prefill)".into(),
-            ));
-        }
-        if s.min_len > s.max_len {
-            return Err(Error::InvalidInput(format!(
-                "--min-len {} is above --max-len {}",
-                s.min_len, s.max_len
-            )));
-        }
+        at_least_opt("--kv-blocks", s.kv_blocks, 1)?;
+        // The first decode token comes from the prefill.
+        at_least("--decode-tokens", s.decode_tokens, 2)?;
+        ordered("--min-len", s.min_len, "--max-len", s.max_len)?;
+        a.graphs.validate()?;
         Ok(s)
     }
 }

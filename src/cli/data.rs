@@ -1,22 +1,24 @@
 //! `asyncthink data …`: generate task items, synthesize cold-start traces, check answers.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use super::validate::at_least;
 use crate::asyncthink::protocol::ProtocolTags;
-use crate::asyncthink::traces::{Plannable, TraceMode, synthesize};
+use crate::asyncthink::traces::{Plannable, TraceMode, synthesize_each};
 use crate::tasks::arithmetic::Arithmetic;
 use crate::tasks::countdown::Countdown;
 use crate::tasks::math_answer::{self, MathItem};
 use crate::tasks::multi_countdown::MultiCountdown;
 use crate::tasks::sudoku::Sudoku;
-use crate::tasks::{Task, Verdict, extract_final_answer, generate_items};
+use crate::tasks::{Task, Verdict, extract_final_answer, for_each_chunk};
 use crate::train::reward::accuracy_reward;
+use crate::util::AtomicFile;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,31 +93,17 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     }
 }
 
-fn create(path: &Path) -> Result<BufWriter<File>> {
-    File::create(path)
-        .map(BufWriter::new)
-        .map_err(|e| Error::io(path, e))
-}
-
-fn write_lines<S: serde::Serialize>(path: &Path, rows: &[S]) -> Result<()> {
-    let mut w = create(path)?;
-    for r in rows {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n").map_err(|e| Error::io(path, e))?;
-    }
-    w.flush().map_err(|e| Error::io(path, e))
-}
-
 fn gen_cmd(a: &GenArgs) -> Result<()> {
+    at_least("--n", a.n, 1)?;
+    // Streamed a chunk at a time: memory stays flat however large --n is, and the file
+    // appears whole at the end or not at all.
     fn go<T: Task>(t: &T, a: &GenArgs) -> Result<()> {
-        let items = generate_items(t, a.n, a.seed);
-        write_lines(&a.out, &items)?;
-        eprintln!(
-            "wrote {} {} items to {}",
-            items.len(),
-            T::NAME,
-            a.out.display()
-        );
+        let mut out = AtomicFile::create(&a.out)?;
+        for_each_chunk(t, a.n as u64, a.seed, |_, items| {
+            items.iter().try_for_each(|item| out.write_json_line(item))
+        })?;
+        out.commit()?;
+        eprintln!("wrote {} {} items to {}", a.n, T::NAME, a.out.display());
         Ok(())
     }
     match a.task {
@@ -135,14 +123,20 @@ fn traces_cmd(a: &TracesArgs) -> Result<()> {
         ModeArg::Sequential => TraceMode::Sequential,
         ModeArg::Parallel => TraceMode::Parallel,
     };
+    at_least("--n", a.n, 1)?;
+    at_least("--capacity", a.capacity, 1)?;
     if mode != TraceMode::Sequential && a.capacity < 2 {
         return Err(Error::InvalidInput(
             "forking modes need --capacity >= 2 (the organizer plus a worker)".into(),
         ));
     }
     fn go<T: Plannable>(t: &T, a: &TracesArgs, mode: TraceMode) -> Result<()> {
-        let (convs, stats) = synthesize(t, a.n, a.seed, mode, a.capacity, &ProtocolTags::default());
-        write_lines(&a.out, &convs)?;
+        let mut out = AtomicFile::create(&a.out)?;
+        let tags = ProtocolTags::default();
+        let stats = synthesize_each(t, a.n, a.seed, mode, a.capacity, &tags, |convs| {
+            convs.iter().try_for_each(|c| out.write_json_line(c))
+        })?;
+        out.commit()?;
         eprintln!(
             "{} traces, {:?}, capacity {}:\n{stats}",
             T::NAME,

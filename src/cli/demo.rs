@@ -108,13 +108,31 @@ fn eval_all(
     Ok(out)
 }
 
-pub fn run(args: DemoArgs) -> Result<()> {
-    args.model.init_threads()?;
-    if args.capacity < 2 {
-        return Err(Error::InvalidInput(
-            "the demo needs --capacity >= 2 (organizer and a worker)".into(),
-        ));
+impl DemoArgs {
+    /// Every flag, before any stage runs.
+    fn validate(&self) -> Result<()> {
+        use super::validate::*;
+        self.model.validate()?;
+        if self.capacity < 2 {
+            return Err(bad(
+                "--capacity",
+                self.capacity,
+                "the demo needs at least 2 (organizer and a worker)",
+            ));
+        }
+        // Half the traces are held out for evaluation: at least one each way.
+        at_least("--traces", self.traces, 2)?;
+        at_least("--sft-steps", self.sft_steps, 1)?;
+        at_least("--grpo-steps", self.grpo_steps, 1)?;
+        at_least("--train-items", self.train_items, 1)?;
+        at_least("--eval-items", self.eval_items, 1)?;
+        non_negative("--eval-temperature", self.eval_temperature)
     }
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    args.validate()?;
+    args.model.init_threads()?;
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let started = std::time::Instant::now();
@@ -125,16 +143,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let eval_path = out.join("eval_items.jsonl");
     jsonl(
         &train_path,
-        &generate_items(&task, args.train_items, args.seed + 1),
+        &generate_items(&task, args.train_items, args.seed.wrapping_add(1)),
     )?;
     jsonl(
         &eval_path,
-        &generate_items(&task, args.eval_items, args.seed + 1_000_003),
+        &generate_items(&task, args.eval_items, args.seed.wrapping_add(1_000_003)),
     )?;
     let (mut convs, stats) = synthesize(
         &task,
         args.traces,
-        args.seed + 2,
+        args.seed.wrapping_add(2),
         TraceMode::AsyncThink,
         args.capacity,
         &ProtocolTags::default(),
@@ -145,7 +163,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let (sequential, _) = synthesize(
         &task,
         args.traces / 2,
-        args.seed + 3,
+        args.seed.wrapping_add(3),
         TraceMode::Sequential,
         args.capacity,
         &ProtocolTags::default(),

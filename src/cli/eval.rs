@@ -26,7 +26,7 @@ use crate::{Error, Result};
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Items written by `asyncthink data gen`.
+    /// Items written by `asyncthink data gen` (a file with none is an error).
     #[arg(long)]
     pub tasks: PathBuf,
     #[arg(long, value_enum)]
@@ -104,6 +104,13 @@ where
     T::Item: DeserializeOwned,
 {
     let items = load_items::<T>(&args.tasks, args.limit)?;
+    // Means over no questions would print as 0 (or -0.0): a blank file is an error instead.
+    if items.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "nothing to evaluate: {} has no items",
+            args.tasks.display()
+        )));
+    }
     let (model, mut tokenizer) = args.model.source().load(backend)?;
     let cfg = args.executor.config();
     register_tags(&mut tokenizer, &cfg, model.config.vocab_size);
@@ -147,7 +154,23 @@ where
     Ok((summary, outcomes, verdicts))
 }
 
+impl EvalArgs {
+    /// Every flag, before the tasks are read or a model loads.
+    fn validate(&self) -> Result<()> {
+        use super::validate::*;
+        self.model.validate()?;
+        self.graphs.validate()?;
+        self.executor.validate()?;
+        // 0 samples used to run as 1.
+        at_least("--samples", self.samples, 1)?;
+        at_least_opt("--limit", self.limit, 1)
+    }
+}
+
+/// An empty task file (or one of blank lines) is an error, exit status 1: a summary of zero
+/// questions is never what was meant.
 pub fn run(args: EvalArgs) -> Result<()> {
+    args.validate()?;
     args.model.init_threads()?;
     // Before the work, not after it: a bad path must not cost a whole evaluation.
     if let Some(p) = &args.out {

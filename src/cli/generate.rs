@@ -85,7 +85,25 @@ impl SamplingArgs {
     }
 }
 
+impl GenerateArgs {
+    /// Every flag, before the model loads.
+    fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.sampling.validate()?;
+        self.kv.validate()?;
+        self.graphs.validate()?;
+        match (&self.ids, &self.prompt) {
+            (Some(ids), _) => parse_ids(ids).map(drop),
+            (None, Some(_)) => Ok(()),
+            (None, None) => Err(Error::InvalidInput(
+                "give --prompt TEXT or --ids 1,2,3".into(),
+            )),
+        }
+    }
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
+    args.validate()?;
     args.model.init_threads()?;
     args.sampling.params().validate()?;
     on_device!(args.device, args.graphs, backend => run_on(args, backend))

@@ -82,6 +82,27 @@ pub struct GrpoArgs {
 }
 
 impl GrpoArgs {
+    /// Every flag, before the tasks are read or a model loads: a bad clip bound used to
+    /// panic in the loss only after a whole rollout.
+    pub fn validate(&self) -> Result<()> {
+        use super::validate::*;
+        self.model.validate()?;
+        self.graphs.validate()?;
+        self.executor.validate()?;
+        at_least("--steps", self.steps, 1)?;
+        // A group of one has advantage 0 whatever its reward: nothing to learn from.
+        at_least("--group-size", self.group_size, 2)?;
+        at_least("--prompts-per-step", self.prompts_per_step, 1)?;
+        at_least("--updates-per-batch", self.updates_per_batch, 1)?;
+        positive("--lr", self.lr)?;
+        within("--clip-low", self.clip_low, 0.0..1.0)?;
+        non_negative("--clip-high", self.clip_high)?;
+        non_negative("--kl-coef", self.kl_coef)?;
+        non_negative("--lambda", self.lambda)?;
+        within("--tau", self.tau, FRACTION)?;
+        finite("--format-error-reward", self.format_error_reward)
+    }
+
     fn run_config(&self) -> GrpoRunConfig {
         GrpoRunConfig {
             steps: self.steps,
@@ -232,6 +253,7 @@ fn run_task<B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStep
 }
 
 pub fn run(args: GrpoArgs) -> Result<()> {
+    args.validate()?;
     args.model.init_threads()?;
     run_with(&args).map(|_| ())
 }

@@ -25,7 +25,25 @@ pub struct LogitsArgs {
     pub graphs: CudaGraphArgs,
 }
 
+impl LogitsArgs {
+    /// Every flag, before the model loads.
+    fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.graphs.validate()?;
+        match (&self.ids, &self.text) {
+            (Some(s), _) if parse_ids(s)?.is_empty() => Err(Error::InvalidInput(
+                "--ids: give at least one token id".into(),
+            )),
+            (None, None) => Err(Error::InvalidInput(
+                "give --ids 1,2,3 or --text TEXT".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub fn run(args: LogitsArgs) -> Result<()> {
+    args.validate()?;
     args.model.init_threads()?;
     on_device!(args.device, args.graphs, backend => run_on(args, backend))
 }
@@ -41,9 +59,11 @@ fn run_on<B: Backend>(args: LogitsArgs, backend: B) -> Result<()> {
             ));
         }
     };
+    // Exactly the blocks `logits_all` takes: the prompt's positions, nothing after them.
+    let defaults = EngineConfig::default();
     let cfg = EngineConfig {
-        num_blocks: ids.len().div_ceil(16).max(1),
-        ..EngineConfig::default()
+        num_blocks: ids.len().div_ceil(defaults.block_size).max(1),
+        ..defaults
     };
     let mut engine = Engine::new(&model, Some(&tokenizer), cfg)?;
     let logits = engine.logits_all(&ids)?;

@@ -44,6 +44,7 @@ mod logits;
 mod progress;
 mod sft;
 pub mod think;
+mod validate;
 
 use std::path::PathBuf;
 

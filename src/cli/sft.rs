@@ -71,7 +71,33 @@ pub struct SftArgs {
     pub device: Device,
 }
 
+impl SftArgs {
+    /// Every flag, before the data is read or a model loads (`--max-len 0` used to surface
+    /// as a complaint about the data).
+    fn validate(&self) -> Result<()> {
+        use super::validate::*;
+        self.model.validate()?;
+        // Optional since a resume may keep the checkpoint's own steps and rate.
+        if let Some(steps) = self.steps {
+            at_least("--steps", steps, 1)?;
+        }
+        if let Some(lr) = self.lr {
+            positive("--lr", lr)?;
+        }
+        non_negative("--weight-decay", self.weight_decay)?;
+        non_negative("--max-grad-norm", self.max_grad_norm)?;
+        at_least("--batch-tokens", self.batch_tokens, 1)?;
+        at_least("--grad-accum", self.grad_accum, 1)?;
+        // A prompt token and a target token at least.
+        match self.max_len {
+            Some(len) => at_least("--max-len", len, 2),
+            None => Ok(()),
+        }
+    }
+}
+
 pub fn run(args: SftArgs) -> Result<()> {
+    args.validate()?;
     args.model.init_threads()?;
     on_device!(args.device, backend => run_on(args, backend))
 }

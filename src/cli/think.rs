@@ -66,6 +66,9 @@ pub struct ThinkArgs {
 }
 
 pub fn run(args: ThinkArgs) -> Result<()> {
+    args.model.validate()?;
+    args.graphs.validate()?;
+    args.executor.validate()?;
     args.model.init_threads()?;
     // Before the episode, not after it.
     for p in args.trace.iter().chain(&args.svg) {

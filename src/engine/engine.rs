@@ -47,15 +47,22 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Names the setting (by the flag that sets it) rather than dumping the struct.
     fn validate(&self) -> Result<()> {
-        if self.block_size == 0
-            || self.num_blocks == 0
-            || self.max_batched_tokens == 0
-            || self.max_num_seqs == 0
-        {
+        let sizes = [
+            ("--block-size", self.block_size),
+            ("--max-batched-tokens", self.max_batched_tokens),
+            ("--max-num-seqs", self.max_num_seqs),
+        ];
+        if let Some((flag, v)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(Error::InvalidInput(format!(
-                "engine config needs positive sizes: {self:?}"
+                "{flag} {v}: must be at least 1"
             )));
+        }
+        if self.num_blocks == 0 {
+            return Err(Error::KvCacheFull(
+                "0 KV blocks: give the cache at least one block (--kv-cache-mb)".into(),
+            ));
         }
         Ok(())
     }
@@ -142,7 +149,9 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.model
     }
 
-    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+    /// Checks `prompt` and that it fits with `extra` more positions: 1 for a request (room
+    /// to decode at least once), 0 for `logits_all` (nothing follows the prompt).
+    fn check_prompt(&self, prompt: &[u32], extra: usize) -> Result<()> {
         let c = &self.model.config;
         if prompt.is_empty() {
             return Err(Error::InvalidInput("empty prompt".into()));
@@ -153,7 +162,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                 c.vocab_size
             )));
         }
-        if prompt.len() >= c.max_position_embeddings {
+        if prompt.len() + extra > c.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
                 "prompt of {} tokens leaves no room under max_position_embeddings {}",
                 prompt.len(),
@@ -161,7 +170,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             )));
         }
         let capacity = self.cfg.num_blocks * self.cfg.block_size;
-        if prompt.len() + 1 > capacity {
+        if prompt.len() + extra > capacity {
             return Err(Error::KvCacheFull(format!(
                 "prompt of {} tokens does not fit the whole cache ({capacity} token slots)",
                 prompt.len()
@@ -172,7 +181,7 @@ impl<'m, B: Backend> Engine<'m, B> {
 
     /// Queues a request; it is admitted by a later `step`.
     pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<SeqId> {
-        self.check_prompt(&prompt)?;
+        self.check_prompt(&prompt, 1)?;
         let id = self.next_id;
         let seq = Sequence::new(id, prompt, params, self.next_arrival)?;
         self.next_id += 1;
@@ -433,7 +442,7 @@ impl<'m, B: Backend> Engine<'m, B> {
     /// Logits at every position of `ids` in one forward, outside the request queue
     /// (parity checks). Uses free blocks and returns them.
     pub fn logits_all(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
-        self.check_prompt(ids)?;
+        self.check_prompt(ids, 0)?;
         let bs = self.cfg.block_size;
         let mut table = Vec::new();
         for _ in 0..ids.len().div_ceil(bs) {

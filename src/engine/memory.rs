@@ -41,17 +41,54 @@ impl EngineConfig {
         kv_cache_mb: Option<usize>,
         device_fraction: f32,
     ) -> Result<Self> {
-        if let Some(mb) = kv_cache_mb {
-            return Ok(self.with_kv_budget(model, mb << 20));
-        }
-        match model.backend.device_memory() {
-            None => Ok(self.with_host_kv(model)),
-            Some((free, total)) => {
+        // The budget, and what set it, for the error below.
+        let (bytes, given) = match (kv_cache_mb, model.backend.device_memory()) {
+            (Some(mb), _) => {
+                let bytes = mb
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| Error::InvalidInput(format!("--kv-cache-mb {mb}: too large")))?;
+                (bytes, format!("--kv-cache-mb {mb}"))
+            }
+            (None, None) => (
+                DEFAULT_HOST_KV_MB << 20,
+                format!("the default KV cache (at most {DEFAULT_HOST_KV_MB} MiB)"),
+            ),
+            (None, Some((free, total))) => {
                 let reserve = self.activation_reserve(model);
                 let bytes = kv_bytes_from_fraction(free, total, device_fraction, reserve)?;
-                Ok(self.with_kv_budget(model, bytes))
+                let mib = bytes >> 20;
+                let given = format!("--gpu-memory-utilization {device_fraction} ({mib} MiB of KV)");
+                (bytes, given)
             }
+        };
+        let host_default = kv_cache_mb.is_none() && model.backend.device_memory().is_none();
+        let cfg = if host_default {
+            self.with_host_kv(model)
+        } else {
+            self.with_kv_budget(model, bytes)
+        };
+        if cfg.num_blocks == 0 {
+            // One block's size depends on the model, so this is the first place it is known.
+            let block_mib = cfg.block_bytes(model).div_ceil(1 << 20);
+            return Err(Error::InvalidInput(format!(
+                "{given}: must be at least one block ({block_mib} MiB for this model at \
+                 --block-size {})",
+                cfg.block_size
+            )));
         }
+        Ok(cfg)
+    }
+
+    /// Bytes of one KV block (K and V of every layer) for `model` on its backend.
+    pub fn block_bytes<B: Backend>(&self, model: &Qwen3<B>) -> usize {
+        let c = &model.config;
+        KvLayout::block_bytes(
+            c.num_hidden_layers,
+            self.block_size,
+            c.num_key_value_heads,
+            c.head_dim,
+            model.backend.kv_element_bytes(),
+        )
     }
 
     /// Host memory: no more blocks than the engine can ever fill (every running sequence at

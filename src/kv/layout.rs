@@ -50,8 +50,34 @@ impl KvLayout {
         head_dim: usize,
         bytes_per_elem: usize,
     ) -> usize {
-        let per_block = 2 * num_layers * num_kv_heads * block_size * head_dim * bytes_per_elem;
+        let per_block = Self::block_bytes(
+            num_layers,
+            block_size,
+            num_kv_heads,
+            head_dim,
+            bytes_per_elem,
+        );
         bytes / per_block.max(1)
+    }
+
+    /// Bytes of one block, K and V of every layer; saturating, so an absurd `block_size`
+    /// buys no blocks instead of overflowing.
+    pub fn block_bytes(
+        num_layers: usize,
+        block_size: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        bytes_per_elem: usize,
+    ) -> usize {
+        [
+            num_layers,
+            num_kv_heads,
+            block_size,
+            head_dim,
+            bytes_per_elem,
+        ]
+        .iter()
+        .fold(2usize, |acc, &x| acc.saturating_mul(x))
     }
 }
 

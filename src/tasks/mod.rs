@@ -81,11 +81,45 @@ pub fn item_id(task: &str, seed: u64, index: u64) -> String {
 
 /// Items `0..n` for `seed`, generated in parallel but in a fixed order.
 pub fn generate_items<T: Task>(task: &T, n: usize, seed: u64) -> Vec<T::Item> {
+    generate_range(task, 0..n as u64, seed)
+}
+
+/// Items `range` of `seed`, in parallel, in order. Item `i` depends only on `(seed, i)`,
+/// so ranges that split `0..n` concatenate to `generate_items(task, n, seed)`.
+pub fn generate_range<T: Task>(task: &T, range: std::ops::Range<u64>, seed: u64) -> Vec<T::Item> {
     use rayon::prelude::*;
-    (0..n as u64)
+    range
         .into_par_iter()
         .map(|i| task.generate(item_id(T::NAME, seed, i), &mut item_rng(seed, i)))
         .collect()
+}
+
+/// Items per parallel batch of `for_each_chunk`: enough to keep every core busy, few enough
+/// that memory stays flat however many items are asked for.
+pub const ITEM_CHUNK: u64 = 4096;
+
+/// Items `0..n` of `seed` handed to `sink` in order, `ITEM_CHUNK` at a time with the index
+/// of each chunk's first item. The next chunk is generated while `sink` takes the current
+/// one; no more than two are ever held, so `n` can exceed memory.
+pub fn for_each_chunk<T: Task, E: Send>(
+    task: &T,
+    n: u64,
+    seed: u64,
+    mut sink: impl FnMut(u64, Vec<T::Item>) -> Result<(), E> + Send,
+) -> Result<(), E> {
+    let chunk = |start: u64| start..n.min(start.saturating_add(ITEM_CHUNK));
+    let mut range = chunk(0);
+    let mut items = generate_range(task, range.clone(), seed);
+    while !range.is_empty() {
+        let next = chunk(range.end);
+        let (done, next_items) = rayon::join(
+            || sink(range.start, std::mem::take(&mut items)),
+            || generate_range(task, next.clone(), seed),
+        );
+        done?;
+        (range, items) = (next, next_items);
+    }
+    Ok(())
 }
 
 /// The final answer inside `<ANSWER>…</ANSWER>` (last one) if present, else the whole

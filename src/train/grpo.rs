@@ -59,6 +59,48 @@ impl Default for GrpoConfig {
     }
 }
 
+impl GrpoConfig {
+    /// Names the first bad setting: the loss clamps the ratio to [1 − clip_low, 1 + clip_high],
+    /// which panics on NaN or crossed bounds, so they are checked before any rollout.
+    pub fn validate(&self) -> Result<()> {
+        let non_negative = |x: f32| x.is_finite() && x >= 0.0;
+        let checks = [
+            (
+                "clip_low",
+                self.clip_low,
+                (0.0..1.0).contains(&self.clip_low),
+                "must be in [0, 1)",
+            ),
+            (
+                "clip_high",
+                self.clip_high,
+                non_negative(self.clip_high),
+                "must be finite and >= 0",
+            ),
+            (
+                "kl_coef",
+                self.kl_coef,
+                non_negative(self.kl_coef),
+                "must be finite and >= 0",
+            ),
+            (
+                "constant_normalizer",
+                self.constant_normalizer,
+                // Only the constant aggregation divides by it.
+                self.aggregation != Aggregation::Constant
+                    || (self.constant_normalizer.is_finite() && self.constant_normalizer > 0.0),
+                "must be finite and > 0 with constant aggregation",
+            ),
+        ];
+        match checks.iter().find(|c| !c.2) {
+            Some((name, v, _, rule)) => Err(Error::InvalidInput(format!(
+                "GRPO setting {name} {v}: {rule}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Group-relative advantages: `rewards` holds consecutive groups of `group_size`.
 pub fn advantages(rewards: &[f64], group_size: usize, scale: RewardScale) -> Result<Vec<f64>> {
     if group_size == 0 || !rewards.len().is_multiple_of(group_size) {

@@ -134,6 +134,12 @@ impl<'t, B: TrainBackend> GrpoTrainer<'t, B> {
             ));
         }
         config.reward.validate()?;
+        config.grpo.validate()?;
+        if config.updates_per_batch == 0 {
+            return Err(Error::InvalidInput(
+                "GRPO setting updates_per_batch 0: must be at least 1".into(),
+            ));
+        }
         let optimizer = AdamW::new(
             &model,
             OptimConfig {

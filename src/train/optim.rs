@@ -45,21 +45,50 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
+    /// Names the first bad setting and its rule (NaN fails every rule).
     pub fn validate(&self) -> Result<()> {
-        let ok = self.lr.is_finite()
-            && self.lr > 0.0
-            && (0.0..1.0).contains(&self.beta1)
-            && (0.0..1.0).contains(&self.beta2)
-            && self.eps > 0.0
-            && self.weight_decay >= 0.0
-            && self.max_grad_norm >= 0.0
-            && (0.0..=1.0).contains(&self.min_lr_ratio);
-        if !ok {
-            return Err(Error::InvalidInput(format!(
-                "invalid optimizer settings: {self:?}"
-            )));
+        let unit = |x: f32| (0.0..1.0).contains(&x);
+        let non_negative = |x: f32| x.is_finite() && x >= 0.0;
+        let checks = [
+            (
+                "lr",
+                self.lr,
+                self.lr.is_finite() && self.lr > 0.0,
+                "must be finite and > 0",
+            ),
+            ("beta1", self.beta1, unit(self.beta1), "must be in [0, 1)"),
+            ("beta2", self.beta2, unit(self.beta2), "must be in [0, 1)"),
+            (
+                "eps",
+                self.eps,
+                self.eps.is_finite() && self.eps > 0.0,
+                "must be finite and > 0",
+            ),
+            (
+                "weight_decay",
+                self.weight_decay,
+                non_negative(self.weight_decay),
+                "must be finite and >= 0",
+            ),
+            (
+                "max_grad_norm",
+                self.max_grad_norm,
+                non_negative(self.max_grad_norm),
+                "must be finite and >= 0",
+            ),
+            (
+                "min_lr_ratio",
+                self.min_lr_ratio,
+                (0.0..=1.0).contains(&self.min_lr_ratio),
+                "must be in [0, 1]",
+            ),
+        ];
+        match checks.iter().find(|c| !c.2) {
+            Some((name, v, _, rule)) => Err(Error::InvalidInput(format!(
+                "optimizer setting {name} {v}: {rule}"
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Linear warmup to `lr`, then cosine down to `lr * min_lr_ratio` at `total_steps`.

@@ -39,18 +39,33 @@ impl Default for RewardConfig {
 }
 
 impl RewardConfig {
+    /// Names the first bad setting and its rule (NaN fails every rule).
     pub fn validate(&self) -> crate::Result<()> {
-        let ok = self.tau > 0.0
-            && self.tau <= 1.0
-            && self.lambda >= 0.0
-            && self.format_error.is_finite()
-            && self.lambda.is_finite();
-        if ok {
-            Ok(())
-        } else {
-            Err(crate::Error::InvalidInput(format!(
-                "reward config needs 0 < tau <= 1, lambda >= 0, finite values: {self:?}"
-            )))
+        let checks = [
+            (
+                "tau",
+                self.tau,
+                self.tau > 0.0 && self.tau <= 1.0,
+                "must be in (0, 1]",
+            ),
+            (
+                "lambda",
+                self.lambda,
+                self.lambda.is_finite() && self.lambda >= 0.0,
+                "must be finite and >= 0",
+            ),
+            (
+                "format_error",
+                self.format_error,
+                self.format_error.is_finite(),
+                "must be finite",
+            ),
+        ];
+        match checks.iter().find(|c| !c.2) {
+            Some((name, v, _, rule)) => Err(crate::Error::InvalidInput(format!(
+                "reward setting {name} {v}: {rule}"
+            ))),
+            None => Ok(()),
         }
     }
 }

@@ -162,8 +162,15 @@ impl<B: TrainBackend> SftTrainer<B> {
         extra_files: ExtraFiles,
     ) -> Result<Self> {
         let c = &state.config;
-        if c.batch_tokens == 0 || c.grad_accum == 0 || c.max_len < 2 {
-            return Err(Error::InvalidInput(format!("invalid SFT settings: {c:?}")));
+        let sizes = [
+            ("batch_tokens", c.batch_tokens, 1),
+            ("grad_accum", c.grad_accum, 1),
+            ("max_len", c.max_len, 2),
+        ];
+        if let Some((name, v, min)) = sizes.iter().find(|(_, v, min)| v < min) {
+            return Err(Error::InvalidInput(format!(
+                "SFT setting {name} {v}: must be at least {min}"
+            )));
         }
         // Whatever max_len says, no example may outrun the model's positions.
         let limit = model.config.max_position_embeddings;

@@ -126,7 +126,9 @@ pub enum ProtocolError {
     #[error("organizer ended ({reason}) while waiting on JOIN-{id}")]
     EndedBeforeJoin { id: u32, reason: String },
     /// The engine refused worker `id`'s prompt (longer than the context or the KV cache).
-    #[error("the {who}'s logits went NaN or infinite: a numeric failure of the model, not of the format")]
+    #[error(
+        "the {who}'s logits went NaN or infinite: a numeric failure of the model, not of the format"
+    )]
     NonFiniteLogits { who: String },
     #[error("worker {id} could not start: {msg}")]
     WorkerNotStarted { id: u32, msg: String },

@@ -326,6 +326,8 @@ fn a_lone_agent_has_concurrency_exactly_one_under_chunked_prefill() {
         assert_eq!(o.record.concurrency, 1.0, "{}", o.question);
         assert_eq!(o.record.wall_clock_steps, o.organizer.tokens);
         assert_eq!(o.critical_path_tokens, o.organizer.tokens);
+    }
+}
 
 /// The organizer text up to and including its first JOIN, and the rest of a script.
 const FORK_JOIN: &str = "<FORK-1>add three</FORK-1>\n<JOIN-1>";

@@ -48,10 +48,32 @@ pub enum DataCommand {
     Check(CheckArgs),
 }
 
+/// How large the arithmetic items are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Size {
+    /// The demo's: sums of 3–4 numbers up to 9, products of 3 numbers up to 4 (what the
+    /// embedded tiny model and the demo's checkpoints can learn).
+    Tiny,
+    /// Longer sums and products of larger numbers (for real checkpoints).
+    Standard,
+}
+
+impl Size {
+    fn arithmetic(self) -> Arithmetic {
+        match self {
+            Size::Tiny => Arithmetic::tiny(),
+            Size::Standard => Arithmetic::default(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct GenArgs {
     #[arg(long, value_enum)]
     pub task: TaskName,
+    /// Item size for --task arithmetic.
+    #[arg(long, value_enum, default_value_t = Size::Standard)]
+    pub size: Size,
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
     #[arg(long, default_value_t = 1)]
@@ -64,6 +86,9 @@ pub struct GenArgs {
 pub struct TracesArgs {
     #[arg(long, value_enum)]
     pub task: TaskName,
+    /// Item size for --task arithmetic.
+    #[arg(long, value_enum, default_value_t = Size::Standard)]
+    pub size: Size,
     #[arg(long, default_value_t = 1000)]
     pub n: usize,
     #[arg(long, default_value_t = 1)]
@@ -109,7 +134,7 @@ fn gen_cmd(a: &GenArgs) -> Result<()> {
     match a.task {
         TaskName::Countdown => go(&Countdown::default(), a),
         TaskName::MultiCountdown => go(&MultiCountdown::default(), a),
-        TaskName::Arithmetic => go(&Arithmetic::default(), a),
+        TaskName::Arithmetic => go(&a.size.arithmetic(), a),
         TaskName::Sudoku => go(&Sudoku::default(), a),
         TaskName::Math => Err(Error::InvalidInput(
             "math has no generator: it checks answers to dataset problems".into(),
@@ -148,7 +173,7 @@ fn traces_cmd(a: &TracesArgs) -> Result<()> {
     match a.task {
         TaskName::Countdown => go(&Countdown::default(), a, mode),
         TaskName::MultiCountdown => go(&MultiCountdown::default(), a, mode),
-        TaskName::Arithmetic => go(&Arithmetic::default(), a, mode),
+        TaskName::Arithmetic => go(&a.size.arithmetic(), a, mode),
         TaskName::Sudoku => go(&Sudoku::default(), a, mode),
         TaskName::Math => Err(Error::InvalidInput(
             "math has no decomposition plan for traces".into(),

@@ -177,6 +177,16 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
     )?;
     if let Some(dir) = &args.resume {
         trainer.restore(dir)?;
+        if trainer.is_done() {
+            eprintln!(
+                "grpo: {} is already at its last step ({}); nothing to train. To train further, \
+                 start a new run from it with --model {}",
+                dir.display(),
+                trainer.state.step,
+                dir.display()
+            );
+            return Ok(Vec::new());
+        }
     }
     std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
     for line in crate::train::run_dir::clean_stale(&args.out)? {
@@ -192,6 +202,11 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
     let mut logs = Vec::new();
+    eprintln!(
+        "grpo: per step, mean reward ± its spread, accuracy, format-valid rate, critical path \
+         (tokens on the longest organizer/worker chain) and thinking concurrency η (mean agents \
+         active per step)"
+    );
     while !trainer.is_done() {
         let log = trainer.train_step()?;
         writeln!(metrics, "{}", serde_json::to_string(&log)?)
@@ -235,6 +250,13 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
             crate::train::plot::curve_svg(name, &points, &[]).as_bytes(),
         )?;
     }
+    eprintln!(
+        "grpo: model in {}, per-step metrics in {}, curves (reward, accuracy, format_valid, \
+         concurrency, critical_path .svg) in {}",
+        args.out.join("final").display(),
+        metrics_path.display(),
+        args.out.display()
+    );
     Ok(logs)
 }
 

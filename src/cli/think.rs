@@ -15,10 +15,11 @@ use crate::util::{prepare_output, write_atomic};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorArgs {
-    /// Agents in the pool, organizer included.
-    #[arg(long, default_value_t = 4)]
+    /// Agents in the pool, organizer included (the demo's 3 by default).
+    #[arg(long, default_value_t = 3)]
     pub capacity: usize,
-    #[arg(long, default_value_t = 0.8)]
+    /// Sampling temperature (the demo's 0.7 by default).
+    #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
     #[arg(long, default_value_t = 512, value_parser = super::token_budget())]
     pub organizer_tokens: usize,

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Runs every command the README shows, as written, and checks that each gives the result it
+implies (CI runs this; it also runs the README's main command, the demo).
+
+Commands come from the README's ```sh blocks, in order, in one scratch directory, so later
+commands see what earlier ones wrote (runs/demo, items.jsonl, runs/sft, ...). Substitutions:
+`cargo run --release --` is the release binary built here; a model placeholder (`DIR`,
+`~/models/Qwen3-0.6B`) is the committed tiny SFT fixture. Skipped, with the reason printed:
+`cargo test` (CI runs it itself), GPU commands (`--device cuda`, `bench-gpu`, the scripts for
+the lent GPU machines; tests/cli.rs checks each fails cleanly without a GPU).
+
+    python3 scripts/readme_commands.py [--keep DIR]
+"""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, "target", "release", "asyncthink")
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "models", "tiny-asyncthink-sft")
+
+
+def blocks(readme):
+    """The ```sh blocks as lists of commands (continuations joined, heredocs kept whole)."""
+    out, lines, inside = [], [], False
+    for line in open(readme):
+        if line.startswith("```sh"):
+            inside, lines = True, []
+        elif line.startswith("```") and inside:
+            inside = False
+            out.append(commands(lines))
+        elif inside:
+            lines.append(line.rstrip("\n"))
+    return out
+
+
+def commands(lines):
+    cmds, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.search(r"<<'(\w+)'", line)
+        if m:
+            end = lines.index(m.group(1), i + 1)
+            cmds.append("\n".join(lines[i:end + 1]))
+            i = end + 1
+            continue
+        while line.endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line[:-1] + " " + lines[i].strip()
+        if line.strip():
+            cmds.append(line.strip())
+        i += 1
+    return cmds
+
+
+def strip_comment(cmd):
+    return re.sub(r"\s+#.*$", "", cmd)
+
+
+def skip_reason(cmd):
+    if cmd == "cargo test":
+        return "CI runs the tests itself"
+    if "--device cuda" in cmd or "bench-gpu" in cmd:
+        return "needs a GPU (tests/cli.rs checks it fails cleanly without one)"
+    if cmd.startswith("scripts/gpu-"):
+        return "for the lent GPU machines (scripts/gpu-rehearse.sh rehearses it)"
+    return None
+
+
+def args_of(cmd):
+    words = shlex.split(cmd)
+    return words[words.index("--") + 1:] if "--" in words else words[1:]
+
+
+def flag(words, name):
+    return words[words.index(name) + 1] if name in words else None
+
+
+def lines_of(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def check(words, out, cwd):
+    """What the command implies, beyond exiting 0. Returns a list of problems."""
+    problems = []
+    sub = words[0]
+    for f in ("--out", "--output", "--trace", "--svg"):
+        p = flag(words, f)
+        if p and sub not in ("sft", "grpo", "demo") and not os.path.getsize(os.path.join(cwd, p)):
+            problems.append(f"{f} {p} is empty")
+    if sub == "demo":
+        d = os.path.join(cwd, flag(words, "--out") or "runs/demo")
+        for f in ("table.md", "results.json", "timeline.svg", "sft/model.safetensors", "grpo/final/model.safetensors"):
+            if not os.path.exists(os.path.join(d, f)):
+                problems.append(f"demo wrote no {f}")
+    elif sub == "generate":
+        if "--json" in words:
+            v = json.loads(out.stdout)
+            if not v.get("token_ids"):
+                problems.append("generate --json gave no token ids")
+        elif not out.stdout.strip():
+            problems.append("generate printed no text")
+    elif sub == "think":
+        if not re.search(r"critical path \d+ tokens", out.stdout):
+            problems.append("think printed no critical path")
+        if "answer:" not in out.stdout:
+            problems.append("think printed no answer line")
+    elif sub == "data":
+        n = int(flag(words, "--n") or 1000)
+        got = len(lines_of(os.path.join(cwd, flag(words, "--out"))))
+        if got < (1 if words[1] == "traces" else n):
+            problems.append(f"data {words[1]} wrote {got} lines, expected {n}")
+    elif sub == "eval":
+        if not re.search(r"\d+ questions, accuracy \d", out.stderr + out.stdout):
+            problems.append("eval printed no accuracy line")
+    elif sub in ("grpo", "sft"):
+        d = os.path.join(cwd, flag(words, "--out"))
+        if not os.path.exists(os.path.join(d, "final", "model.safetensors")):
+            problems.append(f"{sub} wrote no {d}/final")
+        every = flag(words, "--checkpoint-every")
+        steps = int(flag(words, "--steps") or 0)
+        if every and steps > int(every) and not any(e.startswith("checkpoint-") for e in os.listdir(d)):
+            problems.append(f"{sub} wrote no checkpoint-N")
+        if "final" not in out.stderr + out.stdout:
+            problems.append(f"{sub} did not say where it saved")
+    elif sub in ("bench", "bench-executor"):
+        v = json.load(open(os.path.join(cwd, flag(words, "--out"))))
+        if "commit" not in v or "machine" not in v:
+            problems.append(f"{sub} report lacks commit or machine")
+    elif sub == "logits":
+        v = json.loads(out.stdout)
+        ids = [int(i) for i in flag(words, "--ids").split(",")]
+        rows = v["logits"]
+        if len(rows) != len(ids) or any(not isinstance(x, float) for row in rows for x in row):
+            problems.append(f"logits: {len(rows)} rows for {len(ids)} ids, or a non-finite value")
+    elif sub == "batch":
+        inp = lines_of(os.path.join(cwd, flag(words, "--input")))
+        res = lines_of(os.path.join(cwd, flag(words, "--output")))
+        if len(res) != len(inp) or any("error" in r or "text" not in r for r in res):
+            problems.append(f"batch: {len(res)} outputs for {len(inp)} inputs, or an error line: {res}")
+    return problems
+
+
+def main():
+    keep = sys.argv[sys.argv.index("--keep") + 1] if "--keep" in sys.argv else None
+    cwd = keep or tempfile.mkdtemp(prefix="readme-")
+    os.makedirs(cwd, exist_ok=True)
+    if not os.access(BIN, os.X_OK):
+        subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "asyncthink"], cwd=REPO, check=True)
+    failures, ran, skipped = [], 0, 0
+    for block in blocks(os.path.join(REPO, "README.md")):
+        for raw in block:
+            cmd = strip_comment(raw) if "<<" not in raw else raw
+            why = skip_reason(cmd)
+            if why:
+                print(f"-- skip: {cmd}  ({why})", flush=True)
+                skipped += 1
+                continue
+            shell = cmd.replace("cargo run --release --", shlex.quote(BIN))
+            shell = shell.replace("~/models/Qwen3-0.6B", shlex.quote(FIXTURE))
+            shell = re.sub(r"(?<=--model )DIR\b", shlex.quote(FIXTURE), shell)
+            if shell.startswith("asyncthink "):
+                shell = shlex.quote(BIN) + shell[len("asyncthink"):]
+            t0 = time.monotonic()
+            out = subprocess.run(["bash", "-c", shell], cwd=cwd, capture_output=True, text=True)
+            took = time.monotonic() - t0
+            ran += 1
+            words = args_of(cmd) if "<<" not in cmd else ["heredoc"]
+            problems = []
+            if words[0] == "gpu-probe":
+                # No GPU here: the probe must fail, exit 1, and name the missing driver.
+                if out.returncode != 1 or "driver" not in out.stderr:
+                    problems.append(f"gpu-probe without a GPU: exit {out.returncode}, {out.stderr.strip()[-200:]}")
+            elif out.returncode != 0:
+                problems.append(f"exit status {out.returncode}: {out.stderr.strip()[-600:]}")
+            elif words[0] != "heredoc":
+                try:
+                    problems += check(words, out, cwd)
+                except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                    problems.append(f"checking its result: {e!r}")
+            status = "ok" if not problems else "FAILED"
+            print(f"-- {status} ({took:.1f} s): {cmd.splitlines()[0]}", flush=True)
+            for p in problems:
+                print(f"   {p}")
+            if problems:
+                failures.append(cmd.splitlines()[0])
+    print(f"README commands: {ran} run, {skipped} skipped, {len(failures)} failed (in {cwd})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

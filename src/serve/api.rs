@@ -109,8 +109,21 @@ pub struct ContentPart {
 
 /// Parses a body, naming the field at fault in the 400 (`messages[0].content`, `n`, …).
 pub fn parse_body(bytes: &[u8]) -> Result<RequestBody, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("", "the request body is empty; send a JSON object"));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(ApiError::invalid(
+                "",
+                "the request body is empty; send a JSON object",
+            ));
+        }
+        // serde would read a struct from an array too; the body must be an object.
+        Some(b'[') => {
+            return Err(ApiError::invalid(
+                "",
+                "the request body must be a JSON object, not an array",
+            ));
+        }
+        Some(_) => {}
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {

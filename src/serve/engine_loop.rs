@@ -50,7 +50,9 @@ pub struct Submission {
 pub enum Command {
     Submit(Submission),
     /// Refuse new requests; abort what is still running after `grace`.
-    Shutdown { grace: Duration },
+    Shutdown {
+        grace: Duration,
+    },
 }
 
 /// The engine's state when the loop ended.
@@ -276,7 +278,9 @@ impl<B: Backend> Loop<'_, '_, B> {
         let ids: Vec<u64> = self.requests.keys().copied().collect();
         for id in ids {
             if let Some(r) = self.requests.get(&id) {
-                let _ = r.events.send(Event::Failed(format!("engine step failed: {e}")));
+                let _ = r
+                    .events
+                    .send(Event::Failed(format!("engine step failed: {e}")));
             }
             self.end_request(id, Outcome::Failed);
         }

@@ -114,17 +114,72 @@ impl Metrics {
                 "# HELP asyncthink_{name} {help}\n# TYPE asyncthink_{name} {kind}\nasyncthink_{name} {value}"
             );
         };
-        gauge("running_sequences", "Sequences scheduled in the engine.", "gauge", self.running_seqs.to_string());
-        gauge("waiting_sequences", "Sequences queued for admission.", "gauge", self.waiting_seqs.to_string());
-        gauge("live_requests", "Requests accepted and not yet answered.", "gauge", self.live_requests.to_string());
-        gauge("kv_blocks_total", "KV cache blocks.", "gauge", self.kv_blocks_total.to_string());
-        gauge("kv_blocks_used", "KV cache blocks held by sequences.", "gauge", (self.kv_blocks_total - self.kv_blocks_free.min(self.kv_blocks_total)).to_string());
-        gauge("kv_blocks_free", "KV cache blocks free (cached prefixes included).", "gauge", self.kv_blocks_free.to_string());
-        gauge("prefix_cache_hit_rate", "Prompt tokens served from the prefix cache / prompt tokens.", "gauge", self.prefix_cache_hit_rate.to_string());
-        gauge("preemptions_total", "Sequences preempted for KV blocks.", "counter", self.preemptions.to_string());
-        gauge("prompt_tokens_total", "Prompt tokens admitted.", "counter", self.prompt_tokens.to_string());
-        gauge("generated_tokens_total", "Tokens sampled.", "counter", self.generated_tokens.to_string());
-        gauge("engine_steps_total", "Engine steps run.", "counter", self.engine_steps.to_string());
+        gauge(
+            "running_sequences",
+            "Sequences scheduled in the engine.",
+            "gauge",
+            self.running_seqs.to_string(),
+        );
+        gauge(
+            "waiting_sequences",
+            "Sequences queued for admission.",
+            "gauge",
+            self.waiting_seqs.to_string(),
+        );
+        gauge(
+            "live_requests",
+            "Requests accepted and not yet answered.",
+            "gauge",
+            self.live_requests.to_string(),
+        );
+        gauge(
+            "kv_blocks_total",
+            "KV cache blocks.",
+            "gauge",
+            self.kv_blocks_total.to_string(),
+        );
+        gauge(
+            "kv_blocks_used",
+            "KV cache blocks held by sequences.",
+            "gauge",
+            (self.kv_blocks_total - self.kv_blocks_free.min(self.kv_blocks_total)).to_string(),
+        );
+        gauge(
+            "kv_blocks_free",
+            "KV cache blocks free (cached prefixes included).",
+            "gauge",
+            self.kv_blocks_free.to_string(),
+        );
+        gauge(
+            "prefix_cache_hit_rate",
+            "Prompt tokens served from the prefix cache / prompt tokens.",
+            "gauge",
+            self.prefix_cache_hit_rate.to_string(),
+        );
+        gauge(
+            "preemptions_total",
+            "Sequences preempted for KV blocks.",
+            "counter",
+            self.preemptions.to_string(),
+        );
+        gauge(
+            "prompt_tokens_total",
+            "Prompt tokens admitted.",
+            "counter",
+            self.prompt_tokens.to_string(),
+        );
+        gauge(
+            "generated_tokens_total",
+            "Tokens sampled.",
+            "counter",
+            self.generated_tokens.to_string(),
+        );
+        gauge(
+            "engine_steps_total",
+            "Engine steps run.",
+            "counter",
+            self.engine_steps.to_string(),
+        );
         self.ttft.render(
             &mut out,
             "asyncthink_time_to_first_token_seconds",

@@ -87,7 +87,9 @@ where
     F: FnOnce() -> Result<Loaded<B>> + Send + 'static,
 {
     if cfg.max_pending == 0 {
-        return Err(Error::InvalidInput("--max-pending must be at least 1".into()));
+        return Err(Error::InvalidInput(
+            "--max-pending must be at least 1".into(),
+        ));
     }
     let metrics = Arc::new(Mutex::new(metrics::Metrics::default()));
     let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -202,7 +204,10 @@ async fn signal(enabled: bool) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -11,7 +11,9 @@ enum State {
     Start,
     Reasoning,
     /// After the block (or with none); leading newlines are still to be dropped when set.
-    Content { at_start: bool },
+    Content {
+        at_start: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -61,11 +63,7 @@ impl ReasoningSplitter {
                         self.state = State::Content { at_start: true };
                         continue;
                     }
-                    let keep = if finished {
-                        0
-                    } else {
-                        held(&self.buf)
-                    };
+                    let keep = if finished { 0 } else { held(&self.buf) };
                     let cut = self.buf.len() - keep;
                     out.reasoning.push_str(&self.buf[..cut]);
                     self.buf.drain(..cut);
@@ -125,9 +123,15 @@ mod tests {
             assert_eq!(s.reasoning, "let me see\n2+2", "piece {piece}");
             assert_eq!(s.content, "It is 4.", "piece {piece}");
             let s = split_in_pieces("no block <think> here", piece);
-            assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("", "no block <think> here"));
+            assert_eq!(
+                (s.reasoning.as_str(), s.content.as_str()),
+                ("", "no block <think> here")
+            );
             let s = split_in_pieces("<think>\nunfinished </thi", piece);
-            assert_eq!((s.reasoning.as_str(), s.content.as_str()), ("unfinished </thi", ""));
+            assert_eq!(
+                (s.reasoning.as_str(), s.content.as_str()),
+                ("unfinished </thi", "")
+            );
             let s = split_in_pieces("<th", piece);
             assert_eq!(s.content, "<th");
         }

@@ -48,7 +48,10 @@ pub fn prepare(
         && m != &info.name
     {
         return Err(ApiError::not_found(
-            format!("the model `{m}` does not exist; this server serves `{}`", info.name),
+            format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                info.name
+            ),
             "model_not_found",
         ));
     }
@@ -58,13 +61,20 @@ pub fn prepare(
         Endpoint::Chat => chat_prompt(&body, tokenizer)?,
     };
     if prompt.is_empty() {
-        let field = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+        let field = if endpoint == Endpoint::Chat {
+            "messages"
+        } else {
+            "prompt"
+        };
         return Err(ApiError::invalid(field, "the prompt is empty"));
     }
     if let Some(t) = prompt.iter().find(|&&t| t as usize >= info.vocab_size) {
         return Err(ApiError::invalid(
             "prompt",
-            format!("token id {t} is outside the vocabulary (size {})", info.vocab_size),
+            format!(
+                "token id {t} is outside the vocabulary (size {})",
+                info.vocab_size
+            ),
         ));
     }
     let room = info.max_positions.saturating_sub(prompt.len());
@@ -74,7 +84,11 @@ pub fn prepare(
     };
     if room == 0 {
         return Err(ApiError::invalid(
-            if endpoint == Endpoint::Chat { "messages" } else { "prompt" },
+            if endpoint == Endpoint::Chat {
+                "messages"
+            } else {
+                "prompt"
+            },
             format!(
                 "this model's maximum context length is {} tokens; the prompt has {}",
                 info.max_positions,
@@ -83,7 +97,12 @@ pub fn prepare(
         ));
     }
     let max_new_tokens = match asked {
-        Some(0) => return Err(ApiError::invalid(field, format!("{field} must be at least 1"))),
+        Some(0) => {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must be at least 1"),
+            ));
+        }
         Some(m) if m as usize > room => {
             return Err(ApiError::invalid(
                 field,
@@ -102,7 +121,10 @@ pub fn prepare(
     let base = sampling(&body, max_new_tokens)?;
     let n = body.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
-        return Err(ApiError::invalid("n", format!("n must be in 1..={MAX_N}, got {n}")));
+        return Err(ApiError::invalid(
+            "n",
+            format!("n must be in 1..={MAX_N}, got {n}"),
+        ));
     }
     let seed = match body.seed {
         Some(s) => s as u64,
@@ -130,7 +152,10 @@ pub fn prepare(
 
 fn refuse_unsupported(body: &RequestBody, endpoint: Endpoint) -> Result<(), ApiError> {
     let unsupported = |field: &str, what: &str| {
-        Err(ApiError::invalid(field, format!("{field}: {what} is not supported")))
+        Err(ApiError::invalid(
+            field,
+            format!("{field}: {what} is not supported"),
+        ))
     };
     match endpoint {
         Endpoint::Completions if body.messages.is_some() => {
@@ -154,10 +179,16 @@ fn refuse_unsupported(body: &RequestBody, endpoint: Endpoint) -> Result<(), ApiE
         return unsupported("suffix", "a suffix (insertion)");
     }
     if body.presence_penalty.is_some_and(|p| p != 0.0) {
-        return unsupported("presence_penalty", "a presence penalty (use repetition_penalty)");
+        return unsupported(
+            "presence_penalty",
+            "a presence penalty (use repetition_penalty)",
+        );
     }
     if body.frequency_penalty.is_some_and(|p| p != 0.0) {
-        return unsupported("frequency_penalty", "a frequency penalty (use repetition_penalty)");
+        return unsupported(
+            "frequency_penalty",
+            "a frequency penalty (use repetition_penalty)",
+        );
     }
     if body.tools.as_ref().is_some_and(|t| !t.is_null()) {
         return unsupported("tools", "tool calling");
@@ -240,7 +271,9 @@ fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
         other => {
             return Err(ApiError::invalid(
                 format!("messages[{i}].role"),
-                format!("messages[{i}].role {other:?}: expected system, developer, user or assistant"),
+                format!(
+                    "messages[{i}].role {other:?}: expected system, developer, user or assistant"
+                ),
             ));
         }
     };
@@ -289,7 +322,10 @@ fn sampling(body: &RequestBody, max_new_tokens: usize) -> Result<SamplingParams,
     }
     let top_p = body.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid("top_p", format!("top_p must be in (0, 1], got {top_p}")));
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
     }
     let top_k = match body.top_k.unwrap_or(0) {
         -1 | 0 => 0,
@@ -303,7 +339,10 @@ fn sampling(body: &RequestBody, max_new_tokens: usize) -> Result<SamplingParams,
     };
     let min_p = body.min_p.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&min_p) {
-        return Err(ApiError::invalid("min_p", format!("min_p must be in [0, 1], got {min_p}")));
+        return Err(ApiError::invalid(
+            "min_p",
+            format!("min_p must be in [0, 1], got {min_p}"),
+        ));
     }
     let repetition_penalty = body.repetition_penalty.unwrap_or(1.0);
     if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {

@@ -25,7 +25,11 @@ impl Meta {
             Endpoint::Chat => "chatcmpl",
         };
         Meta {
-            id: format!("{prefix}-{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>()),
+            id: format!(
+                "{prefix}-{:016x}{:08x}",
+                rand::random::<u64>(),
+                rand::random::<u32>()
+            ),
             created,
             model: model.to_string(),
             endpoint,
@@ -118,7 +122,12 @@ pub struct Finished {
     pub finish: Option<FinishReason>,
 }
 
-pub fn whole_body(meta: &Meta, req: &Prepared, tokenizer: &Tokenizer, choices: &[Finished]) -> Value {
+pub fn whole_body(
+    meta: &Meta,
+    req: &Prepared,
+    tokenizer: &Tokenizer,
+    choices: &[Finished],
+) -> Value {
     let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
     let body_choices = choices
         .iter()

@@ -69,7 +69,10 @@ async fn not_found() -> ApiError {
 async fn metrics(State(st): State<AppState>) -> Response {
     let text = lock(&st.metrics).render();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -112,7 +115,11 @@ async fn generate(st: AppState, body: Bytes, endpoint: Endpoint) -> Response {
     }
 }
 
-async fn try_generate(st: &AppState, body: &[u8], endpoint: Endpoint) -> Result<Response, ApiError> {
+async fn try_generate(
+    st: &AppState,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
     let req = prepare(parse_body(body)?, endpoint, &st.info, &st.tokenizer)?;
     let permit = st.queue.clone().try_acquire_owned().map_err(|_| {
         ApiError::overloaded(format!(

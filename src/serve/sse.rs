@@ -93,6 +93,9 @@ async fn pump(
         let Some(st) = state.get_mut(u.index) else {
             continue;
         };
+        if u.text.is_empty() && u.tokens.is_empty() && u.finish.is_none() {
+            continue;
+        }
         st.tokens += u.tokens.len();
         let lp = if req.logprobs {
             logprobs(meta.endpoint, &tokenizer, &u.tokens, st.sent)

@@ -88,7 +88,13 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-fn write_request(s: &mut TcpStream, method: &str, path: &str, headers: &[(&str, &str)], body: &str) {
+fn write_request(
+    s: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -104,7 +110,13 @@ fn write_request(s: &mut TcpStream, method: &str, path: &str, headers: &[(&str, 
     s.write_all(req.as_bytes()).expect("write request");
 }
 
-pub fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let mut s = connect(addr);
     write_request(&mut s, method, path, headers, body);
     let mut raw = Vec::new();
@@ -141,7 +153,11 @@ fn parse(raw: &[u8]) -> Response {
     let chunked = headers.iter().any(|(k, v)| {
         k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
     });
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
     Response {
         status,
         headers,
@@ -169,7 +185,12 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 /// Posts a streaming request, reads until `events` SSE `data:` lines have arrived, then
 /// drops the connection. Returns the lines seen.
-pub fn stream_then_disconnect(addr: SocketAddr, path: &str, body: &Value, events: usize) -> Vec<String> {
+pub fn stream_then_disconnect(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    events: usize,
+) -> Vec<String> {
     let mut s = connect(addr);
     write_request(&mut s, "POST", path, &[], &body.to_string());
     let mut reader = BufReader::new(s);
@@ -207,7 +228,10 @@ pub fn wait_for_metrics(addr: SocketAddr, what: &str, done: impl Fn(&str) -> boo
         if done(&text) {
             return text;
         }
-        assert!(began.elapsed() < TIMEOUT, "timed out waiting for {what}:\n{text}");
+        assert!(
+            began.elapsed() < TIMEOUT,
+            "timed out waiting for {what}:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

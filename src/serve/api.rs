@@ -60,15 +60,6 @@ pub enum StopField {
     Many(Vec<String>),
 }
 
-impl StopField {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            StopField::One(s) => vec![s],
-            StopField::Many(v) => v,
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum LogprobsField {

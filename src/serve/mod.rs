@@ -99,9 +99,9 @@ where
     let engine = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || -> Result<ShutdownReport> {
-            let built = load().and_then(|loaded| {
+            let built = load().map(|loaded| {
                 let tokenizer = Arc::new(loaded.tokenizer);
-                Ok((loaded.model, tokenizer, loaded.engine))
+                (loaded.model, tokenizer, loaded.engine)
             });
             let (model, tokenizer, engine_cfg) = match built {
                 Ok(b) => b,

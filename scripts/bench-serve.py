@@ -6,7 +6,7 @@ Per concurrency: request throughput, output tok/s, time-to-first-token and inter
 latency p50/p99; then the ratio of served output tok/s at the highest concurrency to
 offline. Writes JSON (machine, commit, figures). Standard library only.
 
-    python3 scripts/bench-serve.py --bin target/release/asyncthink --out bench-results/serve.json
+    python3 scripts/bench-serve.py --bin target/release/asyncthink --out benches/results/serve-DATE-runN.json
 """
 
 import argparse
@@ -109,7 +109,7 @@ def offline(binary, prompts, max_tokens, kv_mb):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/asyncthink")
-    ap.add_argument("--out", default="bench-results/serve.json")
+    ap.add_argument("--out", required=True)
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=64)

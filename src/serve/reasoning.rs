@@ -9,11 +9,10 @@ const CLOSE: &str = "</think>";
 enum State {
     /// Nothing decided yet: the answer may open with a think block.
     Start,
-    Reasoning,
+    /// Inside the block; leading newlines are still to be dropped when `at_start`.
+    Reasoning { at_start: bool },
     /// After the block (or with none); leading newlines are still to be dropped when set.
-    Content {
-        at_start: bool,
-    },
+    Content { at_start: bool },
 }
 
 #[derive(Debug)]
@@ -48,15 +47,24 @@ impl ReasoningSplitter {
                 State::Start => {
                     let t = self.buf.trim_start();
                     if let Some(rest) = t.strip_prefix(OPEN) {
-                        self.buf = rest.trim_start_matches('\n').to_string();
-                        self.state = State::Reasoning;
+                        self.buf = rest.to_string();
+                        self.state = State::Reasoning { at_start: true };
                     } else if OPEN.starts_with(t) && !finished {
                         return out;
                     } else {
                         self.state = State::Content { at_start: false };
                     }
                 }
-                State::Reasoning => {
+                State::Reasoning { at_start } => {
+                    if at_start {
+                        let rest = self.buf.trim_start_matches('\n');
+                        if rest.is_empty() && !finished {
+                            self.buf.clear();
+                            return out;
+                        }
+                        self.buf = rest.to_string();
+                        self.state = State::Reasoning { at_start: false };
+                    }
                     if let Some((before, after)) = self.buf.split_once(CLOSE) {
                         out.reasoning.push_str(before.trim_end_matches('\n'));
                         self.buf = after.to_string();

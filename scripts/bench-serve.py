@@ -93,14 +93,15 @@ def run_level(host, port, prompts, max_tokens, concurrency):
     }
 
 
-def offline(binary, prompts, max_tokens, kv_mb):
+def offline(binary, prompts, max_tokens, kv_mb, max_num_seqs):
     with tempfile.TemporaryDirectory() as d:
         inp, out, summ = (os.path.join(d, f) for f in ("in.jsonl", "out.jsonl", "summary.json"))
         with open(inp, "w") as f:
             for p in prompts:
                 f.write(json.dumps({"prompt_ids": p}) + "\n")
         subprocess.run([binary, "batch", "--input", inp, "--output", out, "--summary", summ,
-                        "--max-new-tokens", str(max_tokens), "--ignore-eos", "--kv-cache-mb", str(kv_mb)],
+                        "--max-new-tokens", str(max_tokens), "--ignore-eos", "--kv-cache-mb", str(kv_mb),
+                        "--max-num-seqs", str(max_num_seqs)],
                        check=True, stderr=subprocess.DEVNULL)
         with open(summ) as f:
             return json.load(f)
@@ -129,7 +130,11 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=60)
-    off = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb)
+    top = int(a.levels.split(",")[-1])
+    # Offline with the engine's default width (64 sequences), and capped at the highest
+    # served concurrency (the same batch width the server could reach).
+    off = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb, 64)
+    off_capped = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb, top)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     result = {
@@ -139,7 +144,10 @@ def main():
         "workload": {"requests": a.requests, "prompt_tokens": a.prompt_len, "max_tokens": a.max_tokens},
         "served": levels,
         "offline_output_tokens_per_second": off["output_tokens_per_second"],
+        "offline_capped_max_num_seqs": top,
+        "offline_capped_output_tokens_per_second": off_capped["output_tokens_per_second"],
         "served_over_offline_at_max_concurrency": levels[-1]["output_tokens_per_second"] / off["output_tokens_per_second"],
+        "served_over_offline_capped": levels[-1]["output_tokens_per_second"] / off_capped["output_tokens_per_second"],
     }
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:

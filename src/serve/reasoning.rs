@@ -9,15 +9,16 @@ const CLOSE: &str = "</think>";
 enum State {
     /// Nothing decided yet: the answer may open with a think block.
     Start,
-    /// Inside the block; leading newlines are still to be dropped when `at_start`.
-    Reasoning { at_start: bool },
-    /// After the block (or with none); leading newlines are still to be dropped when set.
-    Content { at_start: bool },
+    Reasoning,
+    /// After the block, or with none.
+    Content,
 }
 
 #[derive(Debug)]
 pub struct ReasoningSplitter {
     state: State,
+    /// Newlines that open the current section are still to be dropped.
+    at_start: bool,
     /// Received text not yet handed out.
     buf: String,
 }
@@ -33,6 +34,7 @@ impl Default for ReasoningSplitter {
     fn default() -> Self {
         ReasoningSplitter {
             state: State::Start,
+            at_start: false,
             buf: String::new(),
         }
     }
@@ -43,32 +45,32 @@ impl ReasoningSplitter {
         self.buf.push_str(delta);
         let mut out = Split::default();
         loop {
+            if self.state != State::Start && self.at_start {
+                let rest = self.buf.trim_start_matches('\n');
+                if rest.is_empty() && !finished {
+                    self.buf.clear();
+                    return out;
+                }
+                self.buf = rest.to_string();
+                self.at_start = false;
+            }
             match self.state {
                 State::Start => {
                     let t = self.buf.trim_start();
                     if let Some(rest) = t.strip_prefix(OPEN) {
                         self.buf = rest.to_string();
-                        self.state = State::Reasoning { at_start: true };
+                        self.enter(State::Reasoning);
                     } else if OPEN.starts_with(t) && !finished {
                         return out;
                     } else {
-                        self.state = State::Content { at_start: false };
+                        self.state = State::Content;
                     }
                 }
-                State::Reasoning { at_start } => {
-                    if at_start {
-                        let rest = self.buf.trim_start_matches('\n');
-                        if rest.is_empty() && !finished {
-                            self.buf.clear();
-                            return out;
-                        }
-                        self.buf = rest.to_string();
-                        self.state = State::Reasoning { at_start: false };
-                    }
+                State::Reasoning => {
                     if let Some((before, after)) = self.buf.split_once(CLOSE) {
                         out.reasoning.push_str(before.trim_end_matches('\n'));
                         self.buf = after.to_string();
-                        self.state = State::Content { at_start: true };
+                        self.enter(State::Content);
                         continue;
                     }
                     let keep = if finished { 0 } else { held(&self.buf) };
@@ -77,22 +79,19 @@ impl ReasoningSplitter {
                     self.buf.drain(..cut);
                     return out;
                 }
-                State::Content { at_start } => {
-                    if at_start {
-                        let rest = self.buf.trim_start_matches('\n');
-                        if rest.is_empty() && !finished {
-                            self.buf.clear();
-                            return out;
-                        }
-                        self.buf = rest.to_string();
-                        self.state = State::Content { at_start: false };
-                    }
+                State::Content => {
                     out.content.push_str(&self.buf);
                     self.buf.clear();
                     return out;
                 }
             }
         }
+    }
+
+    /// Moves to `state`, whose leading newlines are dropped.
+    fn enter(&mut self, state: State) {
+        self.state = state;
+        self.at_start = true;
     }
 }
 

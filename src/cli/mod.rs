@@ -42,6 +42,7 @@ pub mod grpo;
 mod kernels;
 mod logits;
 mod progress;
+mod serve;
 mod sft;
 pub mod think;
 mod validate;
@@ -72,6 +73,8 @@ pub enum Command {
     Logits(logits::LogitsArgs),
     /// Run a JSONL file of requests through the batching engine.
     Batch(batch::BatchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
+    Serve(serve::ServeArgs),
     /// Measure prefill and decode tokens/s; writes JSON.
     Bench(bench::BenchArgs),
     /// Measure engine throughput against concurrency, and prefix-sharing memory; writes JSON.
@@ -256,6 +259,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Batch(a) => batch::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchBatch(a) => bench_batch::run(a),
         Command::BenchExecutor(a) => bench_executor::run(a),

@@ -1,0 +1,369 @@
+//! The one thread that owns the engine. Requests arrive over a channel; every step serves
+//! all live sequences of all clients (continuous batching); each choice's tokens and text
+//! go back over its request's own channel. A request whose receiver is gone (the client
+//! disconnected) has its sequences aborted before the next step, so its blocks return to
+//! the pool at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::ApiError;
+use super::metrics::{Metrics, Outcome};
+use super::stream_text::StreamText;
+use crate::backend::Backend;
+use crate::engine::sequence::Status;
+use crate::engine::{Engine, FinishReason, SamplingParams, SeqId, StepOutput};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// What one step produced for one choice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    pub index: usize,
+    /// Text safe to send (never past a stop string).
+    pub text: String,
+    /// Tokens sampled this step with their log-probs (a final eos is left out).
+    pub tokens: Vec<(u32, f32)>,
+    pub finish: Option<FinishReason>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Update(Update),
+    /// The engine failed; the request is over.
+    Failed(String),
+}
+
+pub struct Submission {
+    pub prompt: Vec<u32>,
+    /// One sequence per entry.
+    pub choices: Vec<SamplingParams>,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Answered once the engine took the request (or refused it).
+    pub accepted: oneshot::Sender<std::result::Result<(), ApiError>>,
+    pub arrived: Instant,
+}
+
+pub enum Command {
+    Submit(Submission),
+    /// Refuse new requests; abort what is still running after `grace`.
+    Shutdown {
+        grace: Duration,
+    },
+}
+
+/// The engine's state when the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub num_blocks: usize,
+    pub free_blocks: usize,
+    /// Requests aborted because the grace period ran out.
+    pub aborted: usize,
+    /// `Engine::check_invariants`' verdict.
+    pub invariants: std::result::Result<(), String>,
+}
+
+impl ShutdownReport {
+    pub fn is_clean(&self) -> bool {
+        self.free_blocks == self.num_blocks && self.invariants.is_ok()
+    }
+}
+
+struct Request {
+    events: mpsc::UnboundedSender<Event>,
+    seqs: Vec<SeqId>,
+    open: usize,
+}
+
+struct Choice {
+    request: u64,
+    index: usize,
+    text: StreamText,
+    stop: Vec<String>,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+struct Loop<'e, 'm, B: Backend> {
+    engine: &'e mut Engine<'m, B>,
+    tokenizer: &'m Tokenizer,
+    metrics: Arc<Mutex<Metrics>>,
+    requests: HashMap<u64, Request>,
+    choices: HashMap<SeqId, Choice>,
+    next_request: u64,
+    deadline: Option<Instant>,
+    aborted_at_shutdown: usize,
+}
+
+/// Runs until shutdown (or every sender is gone) and no request is live.
+pub fn run<'m, B: Backend>(
+    engine: &mut Engine<'m, B>,
+    tokenizer: &'m Tokenizer,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    metrics: Arc<Mutex<Metrics>>,
+) -> Result<ShutdownReport> {
+    let mut lp = Loop {
+        engine,
+        tokenizer,
+        metrics,
+        requests: HashMap::new(),
+        choices: HashMap::new(),
+        next_request: 0,
+        deadline: None,
+        aborted_at_shutdown: 0,
+    };
+    lp.publish();
+    loop {
+        // Take in what arrived: block only when there is nothing to run.
+        if lp.requests.is_empty() {
+            if lp.deadline.is_some() {
+                break;
+            }
+            match commands.blocking_recv() {
+                Some(c) => lp.command(c),
+                None => break,
+            }
+        }
+        loop {
+            match commands.try_recv() {
+                Ok(c) => lp.command(c),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    lp.command(Command::Shutdown {
+                        grace: Duration::ZERO,
+                    });
+                    break;
+                }
+            }
+        }
+        lp.drop_disconnected();
+        if lp.deadline.is_some_and(|d| Instant::now() >= d) {
+            lp.abort_all();
+        }
+        if lp.engine.has_unfinished() {
+            match lp.engine.step() {
+                Ok(outputs) => lp.dispatch(outputs)?,
+                Err(e) => lp.fail_all(&e),
+            }
+        }
+        lp.publish();
+    }
+    let report = ShutdownReport {
+        num_blocks: lp.engine.config().num_blocks,
+        free_blocks: lp.engine.num_free_blocks(),
+        aborted: lp.aborted_at_shutdown,
+        invariants: lp.engine.check_invariants(),
+    };
+    Ok(report)
+}
+
+impl<B: Backend> Loop<'_, '_, B> {
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Shutdown { grace } => {
+                let d = Instant::now() + grace;
+                self.deadline = Some(self.deadline.map_or(d, |old| old.min(d)));
+            }
+            Command::Submit(s) => {
+                if self.deadline.is_some() {
+                    let _ = s.accepted.send(Err(ApiError::shutting_down()));
+                    return;
+                }
+                let answer = self.admit(&s);
+                let ok = answer.is_ok();
+                if s.accepted.send(answer).is_err() && ok {
+                    // The handler is gone already: the next disconnect sweep aborts it.
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, s: &Submission) -> std::result::Result<(), ApiError> {
+        let id = self.next_request;
+        let mut seqs = Vec::new();
+        for (index, params) in s.choices.iter().enumerate() {
+            match self.engine.add_request(s.prompt.clone(), params.clone()) {
+                Ok(seq) => {
+                    seqs.push(seq);
+                    self.choices.insert(
+                        seq,
+                        Choice {
+                            request: id,
+                            index,
+                            text: StreamText::default(),
+                            stop: params.stop.clone(),
+                            arrived: s.arrived,
+                            last_token: None,
+                        },
+                    );
+                }
+                Err(e) => {
+                    for seq in seqs {
+                        self.forget(seq);
+                    }
+                    return Err(match e {
+                        Error::InvalidInput(m) | Error::KvCacheFull(m) => {
+                            ApiError::invalid("prompt", m)
+                        }
+                        other => ApiError::internal(other.to_string()),
+                    });
+                }
+            }
+        }
+        self.next_request += 1;
+        self.requests.insert(
+            id,
+            Request {
+                events: s.events.clone(),
+                open: seqs.len(),
+                seqs,
+            },
+        );
+        Ok(())
+    }
+
+    /// Aborts `seq` if it still runs and drops it from the engine and from `choices`.
+    fn forget(&mut self, seq: SeqId) {
+        let _ = self.engine.abort(seq);
+        let _ = self.engine.take_finished(seq);
+        self.choices.remove(&seq);
+    }
+
+    fn end_request(&mut self, id: u64, outcome: Outcome) {
+        if let Some(r) = self.requests.remove(&id) {
+            for seq in r.seqs {
+                self.forget(seq);
+            }
+            lock(&self.metrics).count(outcome);
+        }
+    }
+
+    fn drop_disconnected(&mut self) {
+        let gone: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.end_request(id, Outcome::Disconnected);
+        }
+    }
+
+    /// The grace period is over: every live choice ends as aborted.
+    fn abort_all(&mut self) {
+        let ids: Vec<u64> = self.requests.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.requests.get(&id) {
+                for &seq in &r.seqs {
+                    if let Some(c) = self.choices.get(&seq) {
+                        let _ = r.events.send(Event::Update(Update {
+                            index: c.index,
+                            text: String::new(),
+                            tokens: Vec::new(),
+                            finish: Some(FinishReason::Aborted),
+                        }));
+                    }
+                }
+            }
+            self.aborted_at_shutdown += 1;
+            self.end_request(id, Outcome::ShutdownAborted);
+        }
+    }
+
+    fn fail_all(&mut self, e: &Error) {
+        let ids: Vec<u64> = self.requests.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.requests.get(&id) {
+                let _ = r
+                    .events
+                    .send(Event::Failed(format!("engine step failed: {e}")));
+            }
+            self.end_request(id, Outcome::Failed);
+        }
+    }
+
+    fn dispatch(&mut self, outputs: Vec<StepOutput>) -> Result<()> {
+        let now = Instant::now();
+        for out in outputs {
+            let Some(choice) = self.choices.get_mut(&out.seq) else {
+                continue;
+            };
+            let Some(seq) = self.engine.sequence(out.seq) else {
+                continue;
+            };
+            let finished = out.finish.is_some();
+            let ids = if finished {
+                seq.output_ids()
+            } else {
+                &seq.generated[..]
+            };
+            let mut tokens = Vec::new();
+            if let Some(t) = out.token {
+                let mut m = lock(&self.metrics);
+                match choice.last_token {
+                    None => m.ttft.observe((now - choice.arrived).as_secs_f64()),
+                    Some(prev) => m.itl.observe((now - prev).as_secs_f64()),
+                }
+                choice.last_token = Some(now);
+                if out.finish != Some(FinishReason::Eos) {
+                    tokens.push((t, seq.logprobs.last().copied().unwrap_or(0.0)));
+                }
+            }
+            let text = choice
+                .text
+                .push(self.tokenizer, ids, &choice.stop, finished)?;
+            let (request, index) = (choice.request, choice.index);
+            let Some(r) = self.requests.get_mut(&request) else {
+                continue;
+            };
+            let _ = r.events.send(Event::Update(Update {
+                index,
+                text,
+                tokens,
+                finish: out.finish.clone(),
+            }));
+            if finished {
+                r.open -= 1;
+                let _ = self.engine.take_finished(out.seq);
+                self.choices.remove(&out.seq);
+                if r.open == 0 {
+                    self.end_request(request, Outcome::Completed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gauges /metrics shows, after every step.
+    fn publish(&self) {
+        let (mut running, mut waiting) = (0, 0);
+        for seq in self.choices.keys() {
+            match self.engine.sequence(*seq).map(|s| s.status) {
+                Some(Status::Running) => running += 1,
+                Some(Status::Waiting) => waiting += 1,
+                _ => {}
+            }
+        }
+        let s = &self.engine.stats;
+        let mut m = lock(&self.metrics);
+        m.running_seqs = running;
+        m.waiting_seqs = waiting;
+        m.live_requests = self.requests.len();
+        m.kv_blocks_total = self.engine.config().num_blocks;
+        m.kv_blocks_free = self.engine.num_free_blocks();
+        m.prefix_cache_hit_rate = s.prefix_hit_rate();
+        m.preemptions = s.preemptions;
+        m.prompt_tokens = s.prompt_tokens;
+        m.generated_tokens = s.generated_tokens;
+        m.engine_steps = s.steps;
+    }
+}
+
+/// The metrics lock; a panic elsewhere while holding it leaves plain counters, still usable.
+pub fn lock(m: &Mutex<Metrics>) -> std::sync::MutexGuard<'_, Metrics> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

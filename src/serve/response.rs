@@ -1,0 +1,165 @@
+//! OpenAI's response shapes: whole completions, stream chunks, usage and log-probs.
+
+use serde_json::{Value, json};
+
+use super::request::{Endpoint, Prepared};
+use crate::engine::FinishReason;
+use crate::tokenizer::Tokenizer;
+
+/// What every body and chunk of one response repeats.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub endpoint: Endpoint,
+}
+
+impl Meta {
+    pub fn new(endpoint: Endpoint, model: &str) -> Self {
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let prefix = match endpoint {
+            Endpoint::Completions => "cmpl",
+            Endpoint::Chat => "chatcmpl",
+        };
+        Meta {
+            id: format!(
+                "{prefix}-{:016x}{:08x}",
+                rand::random::<u64>(),
+                rand::random::<u32>()
+            ),
+            created,
+            model: model.to_string(),
+            endpoint,
+        }
+    }
+
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Completions, _) => "text_completion",
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    /// The envelope of a body or chunk around `choices`.
+    pub fn wrap(&self, chunk: bool, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": self.object(chunk),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
+pub fn finish_reason(r: &FinishReason) -> &'static str {
+    match r {
+        FinishReason::Eos | FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::CacheFull => "length",
+        FinishReason::Aborted => "abort",
+        // Non-finite logits ended this request alone (as `batch` reports it).
+        FinishReason::Error => "error",
+    }
+}
+
+pub fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+/// Log-probs of `tokens` in the endpoint's shape; `offset` is the text length before them
+/// (completions' `text_offset`).
+pub fn logprobs(
+    endpoint: Endpoint,
+    tokenizer: &Tokenizer,
+    tokens: &[(u32, f32)],
+    offset: usize,
+) -> Value {
+    let pieces: Vec<String> = tokens
+        .iter()
+        .map(|&(t, _)| tokenizer.decode(&[t], false).unwrap_or_default())
+        .collect();
+    match endpoint {
+        Endpoint::Chat => json!({
+            "content": pieces.iter().zip(tokens).map(|(p, &(_, lp))| json!({
+                "token": p,
+                "logprob": lp,
+                "bytes": p.as_bytes(),
+                "top_logprobs": [],
+            })).collect::<Vec<_>>(),
+        }),
+        Endpoint::Completions => {
+            let mut at = offset;
+            let offsets: Vec<usize> = pieces
+                .iter()
+                .map(|p| {
+                    let o = at;
+                    at += p.len();
+                    o
+                })
+                .collect();
+            json!({
+                "tokens": pieces,
+                "token_logprobs": tokens.iter().map(|&(_, lp)| lp).collect::<Vec<_>>(),
+                "top_logprobs": null,
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
+/// One choice of a whole (non-streaming) response.
+#[derive(Debug, Default, Clone)]
+pub struct Finished {
+    pub text: String,
+    pub reasoning: String,
+    pub tokens: Vec<(u32, f32)>,
+    pub finish: Option<FinishReason>,
+}
+
+pub fn whole_body(
+    meta: &Meta,
+    req: &Prepared,
+    tokenizer: &Tokenizer,
+    choices: &[Finished],
+) -> Value {
+    let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
+    let body_choices = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let logprobs = if req.logprobs {
+                logprobs(meta.endpoint, tokenizer, &c.tokens, 0)
+            } else {
+                Value::Null
+            };
+            let mut choice = match meta.endpoint {
+                Endpoint::Completions => json!({"index": i, "text": c.text}),
+                Endpoint::Chat => json!({"index": i, "message": {
+                    "role": "assistant",
+                    "content": c.text,
+                    "reasoning_content": (!c.reasoning.is_empty()).then_some(&c.reasoning),
+                }}),
+            };
+            choice["logprobs"] = logprobs;
+            choice["finish_reason"] = json!(c.finish.as_ref().map(finish_reason));
+            if req.return_token_ids {
+                choice["token_ids"] = json!(c.tokens.iter().map(|t| t.0).collect::<Vec<_>>());
+            }
+            choice
+        })
+        .collect();
+    let mut body = meta.wrap(false, body_choices);
+    body["usage"] = usage(req.prompt.len(), completion);
+    if req.return_token_ids {
+        body["prompt_token_ids"] = json!(req.prompt);
+    }
+    body
+}

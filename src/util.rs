@@ -170,33 +170,31 @@ pub fn utc_now() -> String {
 }
 
 /// A file written in pieces that appears at its path whole or not at all, as
-/// `write_atomic`'s does: the pieces go to a temporary sibling, which `commit` syncs and
-/// renames over the target. Dropped without `commit` (an error on the way), the temporary
-/// is removed and the target is left as it was.
+/// `write_atomic`'s does, and follows links and special files the same way: the pieces go
+/// to a temporary sibling of the link's target, which `commit` syncs and renames over it; a
+/// FIFO or device is written in place. Dropped without `commit` (an error on the way), the
+/// temporary is removed and the target is left as it was.
 pub struct AtomicFile {
-    path: std::path::PathBuf,
-    tmp: std::path::PathBuf,
+    path: PathBuf,
+    /// Where the rename lands, and the temporary written first; None for a special file.
+    replace: Option<(PathBuf, PathBuf)>,
     file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-        let tmp = dir.join(format!(
-            ".{}.part{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let (replace, open) = match resolve(path)? {
+            Target::File(target) => {
+                let tmp = sibling(&target, "part")?;
+                let f = std::fs::File::create(&tmp);
+                (Some((target, tmp)), f)
+            }
+            Target::Special(p) => (None, std::fs::OpenOptions::new().write(true).open(&p)),
+        };
+        let file = open.map_err(|e| Error::io(path, e))?;
         Ok(AtomicFile {
             path: path.to_path_buf(),
-            tmp,
+            replace,
             file: Some(std::io::BufWriter::new(file)),
         })
     }
@@ -218,8 +216,13 @@ impl AtomicFile {
         };
         let finish = || -> std::io::Result<()> {
             let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            std::fs::rename(&self.tmp, &self.path)
+            match &self.replace {
+                Some((target, tmp)) => {
+                    f.sync_all()?;
+                    std::fs::rename(tmp, target)
+                }
+                None => Ok(()),
+            }
         };
         // On error, Drop removes the temporary.
         finish().map_err(|e| Error::io(&self.path, e))
@@ -229,7 +232,9 @@ impl AtomicFile {
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         // After a successful commit the temporary is gone and this fails harmlessly.
-        let _ = std::fs::remove_file(&self.tmp);
+        if let Some((_, tmp)) = &self.replace {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }
 
@@ -347,5 +352,39 @@ mod tests {
         // No temporary left behind either way.
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_atomic_file_writes_through_a_symlink_and_into_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("real.jsonl");
+        let link = dir.path().join("link.jsonl");
+        std::fs::write(&target, "old\n").unwrap();
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut f = AtomicFile::create(&link).unwrap();
+        f.write_json_line(&1).unwrap();
+        f.commit().unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "1\n");
+
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return;
+        }
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        let mut f = AtomicFile::create(&fifo).unwrap();
+        f.write_json_line(&"x").unwrap();
+        f.commit().unwrap();
+        assert_eq!(reader.join().unwrap(), "\"x\"\n");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     }
 }

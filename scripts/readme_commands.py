@@ -50,9 +50,13 @@ def commands(lines):
             cmds.append("\n".join(lines[i:end + 1]))
             i = end + 1
             continue
-        while line.endswith("\\") and i + 1 < len(lines):
+        while i + 1 < len(lines) and (line.endswith("\\") or line.count("'") % 2 == 1):
             i += 1
-            line = line[:-1] + " " + lines[i].strip()
+            if line.endswith("\\"):
+                line = line[:-1] + " " + lines[i].strip()
+            else:
+                # Inside a quoted argument that spans lines (a JSON body): keep the newline.
+                line += "\n" + lines[i]
         if line.strip():
             cmds.append(line.strip())
         i += 1
@@ -74,8 +78,11 @@ def skip_reason(cmd):
 
 
 def args_of(cmd):
+    """The subcommand and its flags for our binary; the words as they are for anything else."""
     words = shlex.split(cmd)
-    return words[words.index("--") + 1:] if "--" in words else words[1:]
+    if words[0] == "cargo" and "--" in words:
+        return words[words.index("--") + 1:]
+    return words[1:] if words[0] == "asyncthink" else words
 
 
 def flag(words, name):
@@ -139,6 +146,9 @@ def check(words, out, cwd):
         rows = v["logits"]
         if len(rows) != len(ids) or any(not isinstance(x, float) for row in rows for x in row):
             problems.append(f"logits: {len(rows)} rows for {len(ids)} ids, or a non-finite value")
+    elif words[0] == "curl" or sub == "curl":
+        if "data: [DONE]" not in out.stdout and '"choices"' not in out.stdout:
+            problems.append(f"curl got no completion: {out.stdout[-300:]}")
     elif sub == "batch":
         inp = lines_of(os.path.join(cwd, flag(words, "--input")))
         res = lines_of(os.path.join(cwd, flag(words, "--output")))
@@ -155,6 +165,7 @@ def main():
         subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "asyncthink"], cwd=REPO, check=True)
     failures, ran, skipped = [], 0, 0
     for block in blocks(os.path.join(REPO, "README.md")):
+        servers = []
         for raw in block:
             cmd = strip_comment(raw) if "<<" not in raw else raw
             why = skip_reason(cmd)
@@ -167,8 +178,23 @@ def main():
             shell = re.sub(r"(?<=--model )DIR\b", shlex.quote(FIXTURE), shell)
             if shell.startswith("asyncthink "):
                 shell = shlex.quote(BIN) + shell[len("asyncthink"):]
+            if shell.endswith("&"):
+                # A server started in the background, as the README shows it: it runs until
+                # the end of its block, and the block's later commands talk to it.
+                log = open(os.path.join(cwd, f"server-{len(servers)}.log"), "w")
+                servers.append(subprocess.Popen(["bash", "-c", "exec " + shell[:-1]], cwd=cwd,
+                                                stdout=log, stderr=subprocess.STDOUT))
+                print(f"-- started in the background: {cmd}", flush=True)
+                ran += 1
+                continue
             t0 = time.monotonic()
-            out = subprocess.run(["bash", "-c", shell], cwd=cwd, capture_output=True, text=True)
+            try:
+                # A wait loop for a server gets two minutes; anything else half an hour.
+                limit = 120 if shell.startswith("until ") else 1800
+                out = subprocess.run(["bash", "-c", shell], cwd=cwd, capture_output=True, text=True,
+                                     timeout=limit)
+            except subprocess.TimeoutExpired:
+                out = subprocess.CompletedProcess(shell, 124, "", f"timed out after {limit} s")
             took = time.monotonic() - t0
             ran += 1
             words = args_of(cmd) if "<<" not in cmd else ["heredoc"]
@@ -190,6 +216,18 @@ def main():
                 print(f"   {p}")
             if problems:
                 failures.append(cmd.splitlines()[0])
+        for server in servers:
+            # SIGTERM, as an operator stops it: the server must drain and exit 0.
+            server.terminate()
+            try:
+                rc = server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                rc = "killed after 60 s"
+            status = "ok" if rc == 0 else "FAILED"
+            print(f"-- {status}: background server stopped by SIGTERM, exit {rc}", flush=True)
+            if rc != 0:
+                failures.append(f"server exit {rc}")
     print(f"README commands: {ran} run, {skipped} skipped, {len(failures)} failed (in {cwd})")
     return 1 if failures else 0
 

@@ -254,8 +254,12 @@ def main():
         if built and os.path.realpath(built) != REPO and not os.path.exists(built):
             os.makedirs(os.path.dirname(built), exist_ok=True)
             os.symlink(REPO, built)
-        os.makedirs(os.path.join(REPO, "target", "release"), exist_ok=True)
-        shutil.copy2(os.path.join(CARRY, "asyncthink"), os.path.join(REPO, "target", "release", "asyncthink"))
+        # The CLI test runs the binary where it was built; on the lent machine there is none
+        # yet. Where one exists (a rehearsal here) it is the same build: leave cargo's alone.
+        bin_path = os.path.join(REPO, "target", "release", "asyncthink")
+        if not os.path.exists(bin_path):
+            os.makedirs(os.path.dirname(bin_path), exist_ok=True)
+            shutil.copy2(os.path.join(CARRY, "asyncthink"), bin_path)
     except OSError as e:
         env_step.update(status="failed", reason=f"setting up the build paths: {e}")
     env_step["seconds"] = round(time.monotonic() - t0, 2)

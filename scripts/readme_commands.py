@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -163,73 +164,94 @@ def main():
     os.makedirs(cwd, exist_ok=True)
     if not os.access(BIN, os.X_OK):
         subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "asyncthink"], cwd=REPO, check=True)
+    # The README's server listens on 8000; here it gets a free port, so a busy 8000 cannot
+    # answer in its place.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     failures, ran, skipped = [], 0, 0
     for block in blocks(os.path.join(REPO, "README.md")):
-        servers = []
-        for raw in block:
-            cmd = strip_comment(raw) if "<<" not in raw else raw
-            why = skip_reason(cmd)
-            if why:
-                print(f"-- skip: {cmd}  ({why})", flush=True)
-                skipped += 1
-                continue
-            shell = cmd.replace("cargo run --release --", shlex.quote(BIN))
-            shell = shell.replace("~/models/Qwen3-0.6B", shlex.quote(FIXTURE))
-            shell = re.sub(r"(?<=--model )DIR\b", shlex.quote(FIXTURE), shell)
-            if shell.startswith("asyncthink "):
-                shell = shlex.quote(BIN) + shell[len("asyncthink"):]
-            if shell.endswith("&"):
-                # A server started in the background, as the README shows it: it runs until
-                # the end of its block, and the block's later commands talk to it.
-                log = open(os.path.join(cwd, f"server-{len(servers)}.log"), "w")
-                servers.append(subprocess.Popen(["bash", "-c", "exec " + shell[:-1]], cwd=cwd,
-                                                stdout=log, stderr=subprocess.STDOUT))
-                print(f"-- started in the background: {cmd}", flush=True)
-                ran += 1
-                continue
-            t0 = time.monotonic()
-            try:
-                # A wait loop for a server gets two minutes; anything else half an hour.
-                limit = 120 if shell.startswith("until ") else 1800
-                out = subprocess.run(["bash", "-c", shell], cwd=cwd, capture_output=True, text=True,
-                                     timeout=limit)
-            except subprocess.TimeoutExpired:
-                out = subprocess.CompletedProcess(shell, 124, "", f"timed out after {limit} s")
-            took = time.monotonic() - t0
-            ran += 1
-            words = args_of(cmd) if "<<" not in cmd else ["heredoc"]
-            problems = []
-            if words[0] == "gpu-probe":
-                # No GPU here: the probe must fail, exit 1, and name the missing driver.
-                if out.returncode != 1 or "driver" not in out.stderr:
-                    problems.append(f"gpu-probe without a GPU: exit {out.returncode}, {out.stderr.strip()[-200:]}")
-            elif out.returncode != 0:
-                problems.append(f"exit status {out.returncode}: {out.stderr.strip()[-600:]}")
-            elif words[0] != "heredoc":
-                try:
-                    problems += check(words, out, cwd)
-                except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                    problems.append(f"checking its result: {e!r}")
-            status = "ok" if not problems else "FAILED"
-            print(f"-- {status} ({took:.1f} s): {cmd.splitlines()[0]}", flush=True)
-            for p in problems:
-                print(f"   {p}")
-            if problems:
-                failures.append(cmd.splitlines()[0])
-        for server in servers:
-            # SIGTERM, as an operator stops it: the server must drain and exit 0.
-            server.terminate()
-            try:
-                rc = server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                rc = "killed after 60 s"
-            status = "ok" if rc == 0 else "FAILED"
-            print(f"-- {status}: background server stopped by SIGTERM, exit {rc}", flush=True)
-            if rc != 0:
-                failures.append(f"server exit {rc}")
+        servers, counts = [], {"ran": 0, "skipped": 0}
+        try:
+            run_block(block, cwd, port, servers, failures, counts)
+        finally:
+            stop_servers(servers, failures)
+        ran += counts["ran"]
+        skipped += counts["skipped"]
     print(f"README commands: {ran} run, {skipped} skipped, {len(failures)} failed (in {cwd})")
     return 1 if failures else 0
+
+
+def stop_servers(servers, failures):
+    for server in servers:
+        # SIGTERM, as an operator stops it: the server must drain and exit 0.
+        server.terminate()
+        try:
+            rc = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rc = "killed after 60 s"
+        status = "ok" if rc == 0 else "FAILED"
+        print(f"-- {status}: background server stopped by SIGTERM, exit {rc}", flush=True)
+        if rc != 0:
+            failures.append(f"server exit {rc}")
+
+
+def run_block(block, cwd, port, servers, failures, counts):
+    """Runs one ```sh block's commands in order, checking each; servers it starts go to
+    `servers` for the caller to stop."""
+    for raw in block:
+        cmd = strip_comment(raw) if "<<" not in raw else raw
+        why = skip_reason(cmd)
+        if why:
+            print(f"-- skip: {cmd}  ({why})", flush=True)
+            counts["skipped"] += 1
+            continue
+        shell = cmd.replace("cargo run --release --", shlex.quote(BIN))
+        shell = shell.replace("~/models/Qwen3-0.6B", shlex.quote(FIXTURE))
+        shell = re.sub(r"(?<=--model )DIR\b", shlex.quote(FIXTURE), shell)
+        shell = shell.replace("localhost:8000", f"localhost:{port}")
+        shell = shell.replace("--port 8000", f"--port {port}")
+        if shell.startswith("asyncthink "):
+            shell = shlex.quote(BIN) + shell[len("asyncthink"):]
+        if shell.endswith("&"):
+            # A server started in the background, as the README shows it: it runs until
+            # the end of its block, and the block's later commands talk to it.
+            log = open(os.path.join(cwd, f"server-{len(servers)}.log"), "w")
+            servers.append(subprocess.Popen(["bash", "-c", "exec " + shell[:-1]], cwd=cwd,
+                                            stdout=log, stderr=subprocess.STDOUT))
+            print(f"-- started in the background: {cmd}", flush=True)
+            counts["ran"] += 1
+            continue
+        t0 = time.monotonic()
+        try:
+            # A wait loop for a server gets two minutes; anything else half an hour.
+            limit = 120 if shell.startswith("until ") else 1800
+            out = subprocess.run(["bash", "-c", shell], cwd=cwd, capture_output=True, text=True,
+                                 timeout=limit)
+        except subprocess.TimeoutExpired:
+            out = subprocess.CompletedProcess(shell, 124, "", f"timed out after {limit} s")
+        took = time.monotonic() - t0
+        counts["ran"] += 1
+        words = args_of(cmd) if "<<" not in cmd else ["heredoc"]
+        problems = []
+        if words[0] == "gpu-probe":
+            # No GPU here: the probe must fail, exit 1, and name the missing driver.
+            if out.returncode != 1 or "driver" not in out.stderr:
+                problems.append(f"gpu-probe without a GPU: exit {out.returncode}, {out.stderr.strip()[-200:]}")
+        elif out.returncode != 0:
+            problems.append(f"exit status {out.returncode}: {out.stderr.strip()[-600:]}")
+        elif words[0] != "heredoc":
+            try:
+                problems += check(words, out, cwd)
+            except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                problems.append(f"checking its result: {e!r}")
+        status = "ok" if not problems else "FAILED"
+        print(f"-- {status} ({took:.1f} s): {cmd.splitlines()[0]}", flush=True)
+        for p in problems:
+            print(f"   {p}")
+        if problems:
+            failures.append(cmd.splitlines()[0])
 
 
 if __name__ == "__main__":

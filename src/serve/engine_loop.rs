@@ -288,6 +288,7 @@ impl<B: Backend> Loop<'_, '_, B> {
 
     fn dispatch(&mut self, outputs: Vec<StepOutput>) -> Result<()> {
         let now = Instant::now();
+        let mut failed: Vec<(u64, String)> = Vec::new();
         for out in outputs {
             let Some(choice) = self.choices.get_mut(&out.seq) else {
                 continue;
@@ -313,9 +314,18 @@ impl<B: Backend> Loop<'_, '_, B> {
                     tokens.push((t, seq.logprobs.last().copied().unwrap_or(0.0)));
                 }
             }
-            let text = choice
+            // A decoding failure is this request's alone: it ends with the error and the
+            // engine goes on serving everyone else.
+            let text = match choice
                 .text
-                .push(self.tokenizer, ids, &choice.stop, finished)?;
+                .push(self.tokenizer, ids, &choice.stop, finished)
+            {
+                Ok(text) => text,
+                Err(e) => {
+                    failed.push((choice.request, e.to_string()));
+                    continue;
+                }
+            };
             let (request, index) = (choice.request, choice.index);
             let Some(r) = self.requests.get_mut(&request) else {
                 continue;
@@ -334,6 +344,14 @@ impl<B: Backend> Loop<'_, '_, B> {
                     self.end_request(request, Outcome::Completed);
                 }
             }
+        }
+        for (request, e) in failed {
+            if let Some(r) = self.requests.get(&request) {
+                let _ = r
+                    .events
+                    .send(Event::Failed(format!("decoding the output failed: {e}")));
+            }
+            self.end_request(request, Outcome::Failed);
         }
         Ok(())
     }

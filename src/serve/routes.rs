@@ -58,8 +58,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health() -> StatusCode {
-    StatusCode::OK
+/// 200 while the engine thread takes requests; 503 once it has stopped (shut down, or
+/// failed), so a load balancer stops sending work to a server that can only refuse it.
+async fn health(State(st): State<AppState>) -> StatusCode {
+    if st.commands.is_closed() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -36,12 +36,24 @@ pub fn truncate_log(path: &Path, step: u64) -> Result<usize> {
     Ok(dropped)
 }
 
-/// `.NAME.tmpPID` / `.NAME.oldPID`, as `write_dir_atomic` and `write_atomic` name them.
+/// What a training run writes into its output directory: only temporaries of these are
+/// ever touched, so `--out .` or `--out ~` cannot lose a user's own `.vimrc.old2`.
+fn written_by_a_run(name: &str) -> bool {
+    name == "final"
+        || name
+            .strip_prefix("checkpoint-")
+            .is_some_and(|n| n.parse::<u64>().is_ok())
+        || matches!(name, "metrics.jsonl" | "grpo_metrics.jsonl")
+        || name.ends_with(".svg")
+}
+
+/// `.NAME.tmpPID` / `.NAME.oldPID`, as `write_dir_atomic` and `write_atomic` name them, for
+/// a NAME a run writes.
 fn parse_temporary(file: &str) -> Option<(&str, &'static str, u32)> {
     let rest = file.strip_prefix('.')?;
     for kind in ["tmp", "old"] {
         if let Some((name, pid)) = rest.rsplit_once(&format!(".{kind}"))
-            && !name.is_empty()
+            && written_by_a_run(name)
             && let Ok(pid) = pid.parse::<u32>()
         {
             return Some((name, kind, pid));
@@ -127,6 +139,9 @@ mod tests {
         std::fs::create_dir(d.join("checkpoint-2")).unwrap();
         std::fs::write(d.join(format!(".loss.svg.tmp{DEAD}")), "x").unwrap();
         std::fs::write(d.join(".hidden-but-mine"), "x").unwrap();
+        // A user's own dotfiles shaped like temporaries, in an --out of `.` or `~`.
+        std::fs::write(d.join(format!(".vimrc.old{DEAD}")), "x").unwrap();
+        std::fs::create_dir(d.join(format!(".cache.tmp{DEAD}"))).unwrap();
         let log = clean_stale(d).unwrap();
         assert_eq!(log.len(), 5, "{log:?}");
         let mut left: Vec<String> = std::fs::read_dir(d)
@@ -135,8 +150,10 @@ mod tests {
             .collect();
         left.sort();
         let want = [
+            format!(".cache.tmp{DEAD}"),
             format!(".checkpoint-8.tmp{me}"),
             ".hidden-but-mine".into(),
+            format!(".vimrc.old{DEAD}"),
             "checkpoint-2".into(),
             "final".into(),
         ];

@@ -186,7 +186,13 @@ impl AtomicFile {
         let (replace, open) = match resolve(path)? {
             Target::File(target) => {
                 let tmp = sibling(&target, "part")?;
-                let f = std::fs::File::create(&tmp);
+                // As in `replace_file`: the new file keeps the old one's permissions.
+                let f = std::fs::File::create(&tmp).and_then(|f| {
+                    if let Ok(m) = std::fs::metadata(&target) {
+                        f.set_permissions(m.permissions())?;
+                    }
+                    Ok(f)
+                });
                 (Some((target, tmp)), f)
             }
             Target::Special(p) => (None, std::fs::OpenOptions::new().write(true).open(&p)),
@@ -371,6 +377,15 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "1\n");
+
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_json_line(&2).unwrap();
+        f.commit().unwrap();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "a 0600 file stays 0600");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "2\n");
 
         let fifo = dir.path().join("fifo");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();

@@ -508,3 +508,33 @@ fn zero_token_budgets_are_refused_naming_the_role() {
         assert!(!engine.has_unfinished());
     }
 }
+
+/// More episodes than the engine runs sequences at once, every organizer waiting on a JOIN
+/// before its worker has started: paused organizers must not hold the batch slots their
+/// workers need (this deadlocked until the step budget ran out).
+#[test]
+fn waiting_organizers_do_not_starve_their_workers_of_batch_slots() {
+    let (model, tok) = setup();
+    let org = "<FORK-1>go</FORK-1>\n<JOIN-1> done\n<ANSWER>1</ANSWER>";
+    let worker = "one two three <RETURN>x</RETURN>";
+    let scripts: Vec<Script> = (0..12).map(|_| script(org, &[(1, worker)])).collect();
+    let cfg = ExecutorConfig::new(2);
+    let engine_cfg = EngineConfig {
+        num_blocks: 512,
+        max_num_seqs: 4,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(&model, Some(&tok), engine_cfg).unwrap();
+    let questions: Vec<String> = (0..scripts.len()).map(|i| format!("q{i}")).collect();
+    let out = run_episodes(&mut engine, &tok, &cfg, &questions, Some(&scripts), 0).unwrap();
+    for o in &out {
+        assert!(
+            o.record.format_errors.is_empty(),
+            "{:?}",
+            o.record.format_errors
+        );
+        assert_eq!(o.record.final_answer.as_deref(), Some("1"));
+    }
+    assert!(!engine.has_unfinished());
+    engine.check_invariants().unwrap();
+}

@@ -20,6 +20,7 @@ use crate::tasks::arithmetic::{ArithOp, Arithmetic, ArithmeticItem};
 use crate::tasks::countdown::{Countdown, CountdownItem, join, solve_from};
 use crate::tasks::expr::{Expr, Op, apply_positive_integer};
 use crate::tasks::multi_countdown::{MultiCountdown, MultiCountdownItem};
+use crate::tasks::products::{Products, ProductsItem};
 use crate::tasks::rational::Q;
 use crate::tasks::sudoku::{Sudoku, SudokuItem, candidates, parse_grid, render};
 use crate::tasks::{Task, item_rng};
@@ -27,8 +28,12 @@ use crate::tasks::{Task, item_rng};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TraceMode {
-    /// Organizer forks sub-queries and joins them asynchronously.
+    /// Organizer forks sub-queries and joins them asynchronously, in a random structure.
     AsyncThink,
+    /// One fixed structure for every trace (the paper's ablation): fork as many sub-queries
+    /// as the pool allows, join them oldest first, repeat; the organizer does none itself.
+    #[serde(rename = "asyncthink-fixed")]
+    AsyncThinkFixed,
     /// No forks: the organizer works through every sub-query itself.
     Sequential,
     /// The whole question goes to each of the `c - 1` workers.
@@ -46,6 +51,9 @@ pub struct SubTask {
     pub takeaways: String,
     /// The organizer's reaction after joining it.
     pub reaction: String,
+    /// The organizer's text when it does this sub-task itself instead of forking it
+    /// (`None`: always forked in AsyncThink traces).
+    pub inline: Option<String>,
 }
 
 /// A problem broken into sub-tasks, plus the organizer's own text around them.
@@ -58,6 +66,9 @@ pub struct Plan {
     pub fillers: Vec<String>,
     pub conclusion: String,
     pub answer: String,
+    /// Join workers oldest first in every random structure, instead of a per-trace policy
+    /// (oldest, newest or random).
+    pub oldest_first: bool,
 }
 
 /// Tasks that can be decomposed into organizer plans.
@@ -169,6 +180,7 @@ fn countdown_branches(numbers: &[u64], target: u64, want: usize) -> Vec<(SubTask
                         thinking,
                         takeaways,
                         reaction,
+                        inline: None,
                     },
                     sols,
                 ));
@@ -240,6 +252,7 @@ impl Plannable for Countdown {
             fillers: countdown_fillers(&item.numbers, item.target),
             conclusion: format!("{answer} = {} uses each number at most once.", item.target),
             answer,
+            oldest_first: false,
         }
     }
 }
@@ -274,6 +287,35 @@ impl Plannable for MultiCountdown {
                 "Collecting distinct solutions (dropping rewrites of the same one): {answer}."
             ),
             answer,
+            oldest_first: false,
+        }
+    }
+}
+
+/// Each product is one sub-task: the sub-query is the product itself, the work its running
+/// totals, the takeaway `a*b=v`, which is also how the final answer lists it. No intro, fillers
+/// or reactions: every organizer token is a tag, a sub-query, work or the answer, so the
+/// critical path measures the structure and nothing else.
+impl Plannable for Products {
+    fn plan(item: &ProductsItem, _rng: &mut ChaCha8Rng) -> Plan {
+        Plan {
+            intro: String::new(),
+            subtasks: item
+                .products
+                .iter()
+                .map(|p| SubTask {
+                    title: p.text(),
+                    query: p.text(),
+                    thinking: p.work(),
+                    takeaways: p.result(),
+                    reaction: String::new(),
+                    inline: Some(format!("{}: {}; {}", p.text(), p.work(), p.result())),
+                })
+                .collect(),
+            fillers: Vec::new(),
+            conclusion: String::new(),
+            answer: item.result.clone(),
+            oldest_first: true,
         }
     }
 }
@@ -309,6 +351,7 @@ impl Plannable for Arithmetic {
                     thinking,
                     takeaways: format!("{} = {acc}", show(part)),
                     reaction: format!("Partial result {acc}."),
+                    inline: None,
                 }
             })
             .collect();
@@ -329,6 +372,7 @@ impl Plannable for Arithmetic {
                 item.result
             ),
             answer: item.result.clone(),
+            oldest_first: false,
         }
     }
 }
@@ -346,6 +390,7 @@ impl Plannable for Sudoku {
                 fillers: vec![],
                 conclusion: String::new(),
                 answer: String::new(),
+                oldest_first: false,
             };
         };
         let rows = crate::tasks::sudoku::render_rows(&puzzle).replace('\n', " / ");
@@ -395,6 +440,7 @@ impl Plannable for Sudoku {
                 thinking: format!("{}.", thinking.join("; ")),
                 takeaways: fills.join(", "),
                 reaction: format!("Box {} done.", b + 1),
+                inline: None,
             });
         }
         Plan {
@@ -407,6 +453,7 @@ impl Plannable for Sudoku {
                 "Putting the boxes together gives a grid where every row, column and box holds 1-4."
                     .into(),
             answer: render(&sol),
+            oldest_first: false,
         }
     }
 }
@@ -452,33 +499,62 @@ fn worker_conversation(
     )
 }
 
-/// Organizer text for AsyncThink mode with a random fork/join schedule.
+/// A line of organizer text; empty pieces (a plan without an intro) write nothing.
+fn line(text: &mut String, piece: &str) {
+    if !piece.is_empty() {
+        text.push_str(piece);
+        text.push('\n');
+    }
+}
+
+/// Organizer text for AsyncThink mode with a random fork/join schedule. Where a plan's
+/// sub-tasks can be done inline, how often the organizer does one itself instead of forking
+/// it is drawn per trace, so the traces span every degree of concurrency from "fork all" to
+/// "fork one" and GRPO has structures to choose between.
 fn asyncthink_text(
     plan: &Plan,
     capacity: usize,
     tags: &ProtocolTags,
     rng: &mut ChaCha8Rng,
-) -> String {
-    let mut text = format!("{}\n", plan.intro);
+) -> (String, Vec<usize>) {
+    let mut text = String::new();
+    line(&mut text, &plan.intro);
+    let mut forks = Vec::new();
     let mut queue: Vec<usize> = (0..plan.subtasks.len()).collect();
     queue.reverse();
     let mut active: Vec<(u32, usize)> = Vec::new();
     let mut next_id = 1u32;
     let workers = capacity.saturating_sub(1);
     // Join policy for this trace: oldest first, newest first, or random.
-    let policy = rng.random_range(0..3u8);
+    let policy = if plan.oldest_first {
+        0
+    } else {
+        rng.random_range(0..3u8)
+    };
+    let inline_p = *[0.0, 0.25, 0.5, 0.75].choose(rng).unwrap_or(&0.0);
+    // At least one fork per trace: an AsyncThink trace without any is a sequential one.
+    let mut forked = 0usize;
     while !queue.is_empty() || !active.is_empty() {
         let can_fork = !queue.is_empty() && active.len() < workers;
-        if can_fork && (active.is_empty() || rng.random_bool(0.6)) {
+        let next_inline = queue.last().and_then(|&k| plan.subtasks[k].inline.as_ref());
+        if let Some(inline) = next_inline
+            && forked > 0
+            && rng.random_bool(inline_p)
+        {
+            line(&mut text, inline);
+            queue.pop();
+        } else if can_fork && (active.is_empty() || rng.random_bool(0.6)) {
             let Some(k) = queue.pop() else { break };
             let st = &plan.subtasks[k];
-            if rng.random_bool(0.3) {
+            if st.inline.is_none() && rng.random_bool(0.3) {
                 text.push_str(&format!("Let me hand off {}.\n", st.title));
             }
             text.push_str(&tags.fork(next_id, &st.query));
             text.push('\n');
             active.push((next_id, k));
+            forks.push(k);
             next_id += 1;
+            forked += 1;
         } else {
             let pos = match policy {
                 0 => 0,
@@ -489,8 +565,7 @@ fn asyncthink_text(
             if rng.random_bool(0.5)
                 && let Some(f) = plan.fillers.choose(rng)
             {
-                text.push_str(f);
-                text.push('\n');
+                line(&mut text, f);
             }
             let st = &plan.subtasks[k];
             text.push_str(&tags.join_open(id));
@@ -498,27 +573,54 @@ fn asyncthink_text(
             text.push_str(&tags.join_close(id));
             text.push('\n');
             if rng.random_bool(0.7) {
-                text.push_str(&st.reaction);
-                text.push('\n');
+                line(&mut text, &st.reaction);
             }
         }
     }
-    text.push_str(&plan.conclusion);
-    text.push('\n');
+    line(&mut text, &plan.conclusion);
     text.push_str(&tags.answer(&plan.answer));
-    text
+    (text, forks)
+}
+
+/// The ablation's one structure: fork while the pool has room, then join every worker
+/// oldest first, until all sub-tasks are done. No organizer work between fork and join.
+fn fixed_structure_text(plan: &Plan, capacity: usize, tags: &ProtocolTags) -> (String, Vec<usize>) {
+    let mut text = String::new();
+    line(&mut text, &plan.intro);
+    let workers = capacity.saturating_sub(1).max(1);
+    let mut next_id = 1u32;
+    for wave in plan.subtasks.chunks(workers) {
+        let first = next_id;
+        for st in wave {
+            text.push_str(&tags.fork(next_id, &st.query));
+            text.push('\n');
+            next_id += 1;
+        }
+        for (id, st) in (first..).zip(wave) {
+            text.push_str(&tags.join_open(id));
+            text.push_str(&st.takeaways);
+            text.push_str(&tags.join_close(id));
+            text.push('\n');
+        }
+    }
+    line(&mut text, &plan.conclusion);
+    text.push_str(&tags.answer(&plan.answer));
+    (text, (0..plan.subtasks.len()).collect())
 }
 
 fn sequential_text(plan: &Plan, tags: &ProtocolTags) -> String {
-    let mut text = format!("{}\n", plan.intro);
+    let mut text = String::new();
+    line(&mut text, &plan.intro);
     for st in &plan.subtasks {
-        text.push_str(&format!(
-            "Try {}: {} So: {}. {}\n",
-            st.title, st.thinking, st.takeaways, st.reaction
-        ));
+        match &st.inline {
+            Some(inline) => line(&mut text, inline),
+            None => text.push_str(&format!(
+                "Try {}: {} So: {}. {}\n",
+                st.title, st.thinking, st.takeaways, st.reaction
+            )),
+        }
     }
-    text.push_str(&plan.conclusion);
-    text.push('\n');
+    line(&mut text, &plan.conclusion);
     text.push_str(&tags.answer(&plan.answer));
     text
 }
@@ -604,11 +706,18 @@ pub fn synthesize_item<T: Plannable>(
     let limits = ProtocolLimits::with_capacity(capacity);
     let mut workers: Vec<(String, String, String)> = Vec::new();
     let organizer = match mode {
-        TraceMode::AsyncThink => {
-            for st in &plan.subtasks {
+        TraceMode::AsyncThink | TraceMode::AsyncThinkFixed => {
+            let (text, forks) = if mode == TraceMode::AsyncThink {
+                asyncthink_text(&plan, capacity, tags, rng)
+            } else {
+                fixed_structure_text(&plan, capacity, tags)
+            };
+            // Only the sub-tasks the organizer forked have a worker conversation.
+            for k in forks {
+                let st = &plan.subtasks[k];
                 workers.push((st.query.clone(), st.thinking.clone(), st.takeaways.clone()));
             }
-            asyncthink_text(&plan, capacity, tags, rng)
+            text
         }
         TraceMode::Sequential => sequential_text(&plan, tags),
         TraceMode::Parallel => {
@@ -852,6 +961,55 @@ mod tests {
             s.forks_per_trace.keys().copied().collect::<Vec<_>>(),
             vec![3]
         );
+    }
+
+    #[test]
+    fn products_traces_are_valid_and_span_inline_and_forked_work() {
+        for cap in [2, 4] {
+            let (convs, s) = run(&Products::default(), TraceMode::AsyncThink, cap);
+            assert_eq!(s.dropped, 0, "{s}");
+            assert!(!s.forks_per_trace.contains_key(&0), "{s}");
+            let organizers: Vec<&str> = convs
+                .iter()
+                .filter(|c| c.meta["role"] == "organizer")
+                .map(|c| c.messages[2].content.as_str())
+                .collect();
+            // Some traces fork every product, some work one or more inline.
+            let inline = organizers.iter().filter(|t| t.contains(": 1:")).count();
+            assert!(inline > 20 && inline < 180, "{inline} of 200 inline");
+            // One worker conversation per fork, no more.
+            let workers = convs.iter().filter(|c| c.meta["role"] == "worker").count();
+            let forks: usize = s.forks_per_trace.iter().map(|(k, v)| k * v).sum();
+            assert_eq!(workers, forks);
+        }
+        let (_, s) = run(&Products::default(), TraceMode::Sequential, 1);
+        assert_eq!(s.dropped, 0, "{s}");
+    }
+
+    #[test]
+    fn fixed_structure_forks_every_subtask_and_joins_oldest_first() {
+        let (convs, s) = run(&Products::default(), TraceMode::AsyncThinkFixed, 4);
+        assert_eq!(s.dropped, 0, "{s}");
+        assert!(
+            s.join_order.keys().all(|k| k == "Fifo" || k == "Single"),
+            "{s}"
+        );
+        assert_eq!(
+            s.interleaved,
+            s.forks_per_trace
+                .iter()
+                .filter(|(k, _)| **k > 3)
+                .map(|(_, v)| v)
+                .sum::<usize>()
+        );
+        for c in convs.iter().filter(|c| c.meta["role"] == "organizer") {
+            let text = &c.messages[2].content;
+            assert!(!text.contains(": 1:"), "{text}");
+            // The first wave forks min(3, products) before any join.
+            let first_join = text.find("<JOIN-").unwrap();
+            let n = c.meta["n_forks"].as_u64().unwrap() as usize;
+            assert_eq!(text[..first_join].matches("<FORK-").count(), n.min(3));
+        }
     }
 
     #[test]

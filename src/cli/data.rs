@@ -15,6 +15,7 @@ use crate::tasks::arithmetic::Arithmetic;
 use crate::tasks::countdown::Countdown;
 use crate::tasks::math_answer::{self, MathItem};
 use crate::tasks::multi_countdown::MultiCountdown;
+use crate::tasks::products::Products;
 use crate::tasks::sudoku::Sudoku;
 use crate::tasks::{Task, Verdict, extract_final_answer, for_each_chunk};
 use crate::train::reward::accuracy_reward;
@@ -26,6 +27,8 @@ pub enum TaskName {
     Countdown,
     MultiCountdown,
     Arithmetic,
+    /// Several products worked by repeated addition (the AsyncThink experiment's task).
+    Products,
     Sudoku,
     /// Competition math answers (check only; items come from a dataset).
     Math,
@@ -36,6 +39,9 @@ pub enum ModeArg {
     Asyncthink,
     Sequential,
     Parallel,
+    /// AsyncThink traces in one fixed structure (fork while there is room, join oldest
+    /// first): the paper's ablation.
+    AsyncthinkFixed,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +141,7 @@ fn gen_cmd(a: &GenArgs) -> Result<()> {
         TaskName::Countdown => go(&Countdown::default(), a),
         TaskName::MultiCountdown => go(&MultiCountdown::default(), a),
         TaskName::Arithmetic => go(&a.size.arithmetic(), a),
+        TaskName::Products => go(&Products::default(), a),
         TaskName::Sudoku => go(&Sudoku::default(), a),
         TaskName::Math => Err(Error::InvalidInput(
             "math has no generator: it checks answers to dataset problems".into(),
@@ -147,6 +154,7 @@ fn traces_cmd(a: &TracesArgs) -> Result<()> {
         ModeArg::Asyncthink => TraceMode::AsyncThink,
         ModeArg::Sequential => TraceMode::Sequential,
         ModeArg::Parallel => TraceMode::Parallel,
+        ModeArg::AsyncthinkFixed => TraceMode::AsyncThinkFixed,
     };
     at_least("--n", a.n, 1)?;
     at_least("--capacity", a.capacity, 1)?;
@@ -174,6 +182,7 @@ fn traces_cmd(a: &TracesArgs) -> Result<()> {
         TaskName::Countdown => go(&Countdown::default(), a, mode),
         TaskName::MultiCountdown => go(&MultiCountdown::default(), a, mode),
         TaskName::Arithmetic => go(&a.size.arithmetic(), a, mode),
+        TaskName::Products => go(&Products::default(), a, mode),
         TaskName::Sudoku => go(&Sudoku::default(), a, mode),
         TaskName::Math => Err(Error::InvalidInput(
             "math has no decomposition plan for traces".into(),
@@ -221,6 +230,7 @@ fn check_cmd(a: &CheckArgs) -> Result<()> {
         TaskName::Countdown => go(&a.input, Countdown::verify),
         TaskName::MultiCountdown => go(&a.input, MultiCountdown::verify),
         TaskName::Arithmetic => go(&a.input, Arithmetic::verify),
+        TaskName::Products => go(&a.input, Products::verify),
         TaskName::Sudoku => go(&a.input, Sudoku::verify),
         TaskName::Math => go::<MathItem>(&a.input, math_answer::verify),
     }

@@ -17,6 +17,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::tasks::arithmetic::Arithmetic;
 use crate::tasks::countdown::Countdown;
 use crate::tasks::multi_countdown::MultiCountdown;
+use crate::tasks::products::Products;
 use crate::tasks::sudoku::Sudoku;
 use crate::tasks::{Task, Verdict};
 use crate::util::{prepare_output, prepare_output_dir, write_atomic};
@@ -183,6 +184,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         TaskName::Countdown => evaluate::<Countdown>(&args, args.mode)?,
         TaskName::MultiCountdown => evaluate::<MultiCountdown>(&args, args.mode)?,
         TaskName::Arithmetic => evaluate::<Arithmetic>(&args, args.mode)?,
+        TaskName::Products => evaluate::<Products>(&args, args.mode)?,
         TaskName::Sudoku => evaluate::<Sudoku>(&args, args.mode)?,
         TaskName::Math => {
             return Err(Error::InvalidInput(

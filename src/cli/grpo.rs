@@ -16,6 +16,7 @@ use crate::tasks::Task;
 use crate::tasks::arithmetic::Arithmetic;
 use crate::tasks::countdown::Countdown;
 use crate::tasks::multi_countdown::MultiCountdown;
+use crate::tasks::products::Products;
 use crate::tasks::sudoku::Sudoku;
 use crate::train::grpo::{Aggregation, GrpoConfig, RewardScale};
 use crate::train::grpo_loop::{GrpoRunConfig, GrpoStepLog, GrpoTrainer};
@@ -269,6 +270,7 @@ fn run_task<B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStep
         TaskName::Countdown => train::<Countdown, B>(args, backend),
         TaskName::MultiCountdown => train::<MultiCountdown, B>(args, backend),
         TaskName::Arithmetic => train::<Arithmetic, B>(args, backend),
+        TaskName::Products => train::<Products, B>(args, backend),
         TaskName::Sudoku => train::<Sudoku, B>(args, backend),
         TaskName::Math => Err(Error::InvalidInput("math items need a dataset".into())),
     }

@@ -34,6 +34,7 @@ mod bench_gpu;
 pub mod data;
 mod demo;
 pub mod eval;
+mod experiment;
 mod generate;
 #[cfg(feature = "cuda")]
 mod gpu_probe;
@@ -86,6 +87,10 @@ pub enum Command {
     BenchGpu(bench_gpu::BenchGpuArgs),
     /// The whole pipeline at a tiny scale: traces, SFT, GRPO, AsyncThink vs baselines.
     Demo(demo::DemoArgs),
+    /// The AsyncThink experiment: a fresh model learns the products task by SFT and GRPO
+    /// and is measured against sequential and parallel thinking, with ablations (~40 min on
+    /// 2 cores).
+    Experiment(experiment::ExperimentArgs),
     /// One question through the AsyncThink executor (organizer + workers).
     Think(think::ThinkArgs),
     /// A task file through AsyncThink or a baseline: accuracy, latency, concurrency.
@@ -257,6 +262,7 @@ pub fn parse_usize_list(flag: &str, s: &str, min: usize) -> Result<Vec<usize>> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Experiment(a) => experiment::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),

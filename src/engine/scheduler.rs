@@ -27,7 +27,9 @@ impl<B: Backend> Engine<'_, B> {
         let mut preempted_any = false;
 
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
+        // A resumed organizer makes the running set larger than max_num_seqs for a step
+        // or two; the batch itself never is.
+        while i < self.running.len() && budget > 0 && plan.chunks.len() < self.cfg.max_num_seqs {
             let id = self.running[i];
             let s = &self.seqs[&id];
             if s.paused || s.num_pending() == 0 {
@@ -77,7 +79,16 @@ impl<B: Backend> Engine<'_, B> {
         // Admit waiting sequences, unless this step already had to take blocks back. A
         // paused one (an organizer preempted while it waits on a JOIN) stays queued: run
         // now, it would sample a token before the executor resumes it.
-        while !preempted_any && budget > 0 && self.running.len() < self.cfg.max_num_seqs {
+        // max_num_seqs bounds the sequences a step computes; a paused one computes nothing,
+        // so it holds no slot. Counting it let organizers waiting on JOINs fill every slot
+        // while the workers they wait for queued behind them: a deadlock once the number of
+        // concurrent episodes reached max_num_seqs.
+        let mut active = self.running.iter().filter(|r| !self.seqs[r].paused).count();
+        while !preempted_any
+            && budget > 0
+            && active < self.cfg.max_num_seqs
+            && plan.chunks.len() < self.cfg.max_num_seqs
+        {
             let Some(pos) = self.waiting.iter().position(|w| !self.seqs[w].paused) else {
                 break;
             };
@@ -99,6 +110,7 @@ impl<B: Backend> Engine<'_, B> {
                     }
                     plan.chunks.push((id, n));
                     budget = budget.saturating_sub(n);
+                    active += 1;
                 }
                 Err(Error::KvCacheFull(_)) => {
                     self.release_blocks(id);

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod fresh;
 pub mod qwen3;
 pub mod random;
 pub mod rope;

@@ -6,6 +6,7 @@ pub mod countdown;
 pub mod expr;
 pub mod math_answer;
 pub mod multi_countdown;
+pub mod products;
 pub mod rational;
 pub mod sudoku;
 

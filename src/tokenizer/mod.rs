@@ -141,6 +141,13 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(format!("add special tokens: {e}")))
     }
 
+    /// tokenizer.json's text, added tokens included (what `from_dir` reads back).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer(format!("serialize tokenizer.json: {e}")))
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -75,6 +75,8 @@ def skip_reason(cmd):
         return "needs a GPU (tests/cli.rs checks it fails cleanly without one)"
     if cmd.startswith("scripts/gpu-"):
         return "for the lent GPU machines (scripts/gpu-rehearse.sh rehearses it)"
+    if re.search(r"-- experiment\b", cmd) and "--sft-steps" not in cmd:
+        return "the ~35-minute experiment (tests/cli_experiment.rs runs every stage at smoke size)"
     return None
 
 
@@ -119,6 +121,14 @@ def check(words, out, cwd):
             problems.append("think printed no critical path")
         if "answer:" not in out.stdout:
             problems.append("think printed no answer line")
+        # The committed experiment model, greedy, must get the README's products right.
+        prompt = flag(words, "--prompt") or ""
+        pairs = re.findall(r"(\d+)\*(\d+)", prompt)
+        if "models/asyncthink-products" in (flag(words, "--model") or "") and pairs:
+            want = ", ".join(f"{a}*{b}={int(a) * int(b)}" for a, b in pairs)
+            m = re.search(r"^answer: (.*)$", out.stdout, re.M)
+            if not m or m.group(1).strip() != want:
+                problems.append(f"think answered {m.group(1) if m else None!r}, expected {want!r}")
     elif sub == "data":
         n = int(flag(words, "--n") or 1000)
         got = len(lines_of(os.path.join(cwd, flag(words, "--out"))))
@@ -210,6 +220,8 @@ def run_block(block, cwd, port, servers, failures, counts):
         shell = cmd.replace("cargo run --release --", shlex.quote(BIN))
         shell = shell.replace("~/models/Qwen3-0.6B", shlex.quote(FIXTURE))
         shell = re.sub(r"(?<=--model )DIR\b", shlex.quote(FIXTURE), shell)
+        # The committed experiment model lives in the repository, not the scratch directory.
+        shell = re.sub(r"(?<=--model )models/", shlex.quote(REPO) + "/models/", shell)
         shell = shell.replace("localhost:8000", f"localhost:{port}")
         shell = shell.replace("--port 8000", f"--port {port}")
         if shell.startswith("asyncthink "):

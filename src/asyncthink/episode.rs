@@ -41,6 +41,19 @@ impl EpisodeRecord {
     }
 }
 
+/// η as the paper defines it, on the episode's own timeline: every agent decodes one token
+/// per step from its fork until it returns, so the agent-steps are the generated tokens of
+/// all agents and the steps are the critical path. Counting engine steps instead made η
+/// depend on the batch: with more agents than `max_num_seqs`, a forked worker waits for a
+/// slot, its episode's wall-clock steps stretch and η fell (1.17 for episodes whose logical
+/// η was about 1.5), which also blunted GRPO's concurrency reward.
+pub fn logical_concurrency(total_tokens: usize, critical_path_tokens: usize) -> f64 {
+    if critical_path_tokens == 0 {
+        return 0.0;
+    }
+    total_tokens as f64 / critical_path_tokens as f64
+}
+
 /// η from per-step activity: `active[t]` agents decoded at wall-clock step `t`.
 pub fn concurrency(active: &[usize]) -> f64 {
     if active.is_empty() {
@@ -65,6 +78,16 @@ pub fn activity_from_intervals(intervals: &[(usize, usize)]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logical_eta_is_tokens_over_the_critical_path() {
+        // One agent: every token is on the critical path.
+        assert_eq!(logical_concurrency(40, 40), 1.0);
+        // Organizer 30 tokens, two workers of 20 forked at 5 and 10, joined at once when
+        // they return: critical path max(30, 10 + 20) = 30, 70 agent-tokens.
+        assert!((logical_concurrency(70, 30) - 7.0 / 3.0).abs() < 1e-12);
+        assert_eq!(logical_concurrency(0, 0), 0.0);
+    }
 
     #[test]
     fn eta_is_mean_activity() {

@@ -97,6 +97,7 @@ fn eval_all(
             samples: capacity,
             limit: None,
             executor: executor(capacity, seed, temperature),
+            one_at_a_time: false,
             out: None,
             svg_dir: None,
             device: super::Device::Cpu,

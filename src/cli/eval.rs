@@ -42,6 +42,10 @@ pub struct EvalArgs {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub executor: ExecutorArgs,
+    /// Run the questions one after another instead of all in one batch, so each one's
+    /// wall-clock seconds are its latency alone on the engine.
+    #[arg(long)]
+    pub one_at_a_time: bool,
     /// Per-question results as JSONL.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -119,15 +123,33 @@ where
     let mut engine = Engine::new(&model, Some(&tokenizer), engine_cfg)?;
     let questions: Vec<String> = items.iter().map(T::prompt).collect();
     let started = std::time::Instant::now();
-    let outcomes = run_mode(
-        &mut engine,
-        &tokenizer,
-        &cfg,
-        mode,
-        &questions,
-        args.samples,
-        args.executor.seed,
-    )?;
+    let outcomes = if args.one_at_a_time {
+        let mut all = Vec::with_capacity(questions.len());
+        for (i, q) in questions.iter().enumerate() {
+            // A seed per question, so questions run alone do not all share one draw.
+            let seed = args.executor.seed.wrapping_add(i as u64);
+            all.extend(run_mode(
+                &mut engine,
+                &tokenizer,
+                &cfg,
+                mode,
+                std::slice::from_ref(q),
+                args.samples,
+                seed,
+            )?);
+        }
+        all
+    } else {
+        run_mode(
+            &mut engine,
+            &tokenizer,
+            &cfg,
+            mode,
+            &questions,
+            args.samples,
+            args.executor.seed,
+        )?
+    };
     let seconds = started.elapsed().as_secs_f64();
     let verdicts: Vec<Verdict> = items
         .iter()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::asyncthink::episode::{EpisodeRecord, WorkerRecord, concurrency};
+use crate::asyncthink::episode::{EpisodeRecord, WorkerRecord, logical_concurrency};
 use crate::asyncthink::protocol::{ProtocolError, StreamParser};
 use crate::engine::SeqId;
 use crate::tokenizer::IncrementalDecoder;
@@ -161,7 +161,9 @@ impl Episode {
     pub fn outcome(&self, capacity: usize) -> EpisodeOutcome {
         let end = |a: &Agent| a.end_step.unwrap_or(a.start_step + self.activity.len());
         let start = self.organizer.start_step;
-        let eta = concurrency(&self.activity);
+        let total_tokens =
+            self.organizer.tokens + self.workers.values().map(|w| w.agent.tokens).sum::<usize>();
+        let eta = logical_concurrency(total_tokens, self.latency);
         let workers: Vec<WorkerRecord> = self
             .workers
             .iter()
@@ -193,8 +195,7 @@ impl Episode {
             question: self.question.clone(),
             critical_path_tokens: self.latency,
             wall_seconds: self.wall_seconds,
-            total_tokens: self.organizer.tokens
-                + self.workers.values().map(|w| w.agent.tokens).sum::<usize>(),
+            total_tokens,
             forks: self.workers.len(),
             concurrency_ratio: eta / capacity.max(1) as f64,
             organizer: span(&self.organizer, None),

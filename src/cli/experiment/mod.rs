@@ -83,6 +83,9 @@ pub struct ExperimentArgs {
     /// Sampling temperature of rollouts and of every evaluation.
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
+    /// Questions run one at a time per method for wall-clock latency (0: none).
+    #[arg(long, default_value_t = 40)]
+    pub latency_questions: usize,
     /// Skip the two ablation runs (fixed-structure SFT, λ = 0 GRPO).
     #[arg(long)]
     pub no_ablations: bool,
@@ -174,14 +177,12 @@ fn traces(args: &ExperimentArgs, structure: TraceMode) -> (Vec<Conversation>, St
     let n = args.train_items;
     let mut all = Vec::new();
     let mut said = Vec::new();
-    for (k, &c) in CAPACITIES.iter().enumerate() {
+    for c in CAPACITIES {
         let (convs, stats) = synthesize(&task, n, args.seed + 1, structure, c, &tags);
         said.push(format!(
             "{structure:?} c = {c}: {} conversations\n{stats}",
             convs.len()
         ));
-        // Each capacity sees its own structures of the same items (different draws).
-        let _ = k;
         all.extend(convs);
     }
     let (seq, stats) = synthesize(&task, n, args.seed + 1, TraceMode::Sequential, 1, &tags);
@@ -280,7 +281,7 @@ fn grpo(
     run_with(&grpo)
 }
 
-/// One method on the held-out questions.
+/// One method on the held-out questions, all in one batch.
 fn measure(
     args: &ExperimentArgs,
     model: &Path,
@@ -290,14 +291,33 @@ fn measure(
     capacity: usize,
     samples: usize,
 ) -> Result<Row> {
+    measure_with(
+        args, model, eval_items, stage, mode, capacity, samples, None,
+    )
+}
+
+/// `measure`, or with `alone` the first `alone` questions one at a time: their wall-clock
+/// seconds are then each question's latency on the engine with nothing else running.
+#[allow(clippy::too_many_arguments)]
+fn measure_with(
+    args: &ExperimentArgs,
+    model: &Path,
+    eval_items: &Path,
+    stage: Stage,
+    mode: ThinkingMode,
+    capacity: usize,
+    samples: usize,
+    alone: Option<usize>,
+) -> Result<Row> {
     let eval = EvalArgs {
         model: args.model_args(model),
         tasks: eval_items.to_path_buf(),
         task: TaskName::Products,
         mode,
         samples,
-        limit: None,
+        limit: alone,
         executor: args.executor(capacity, args.seed.wrapping_add(7)),
+        one_at_a_time: alone.is_some(),
         out: None,
         svg_dir: None,
         device: args.device,
@@ -503,6 +523,32 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             1,
         )?);
     }
+    // Wall-clock latency of a question alone on the engine: the executor adds nothing to
+    // the critical path, so latency ratios should follow critical-path ratios.
+    let alone = args.latency_questions.min(args.eval_items);
+    let mut latency = Vec::new();
+    if alone > 0 {
+        for (mode, capacity, n) in [
+            (ThinkingMode::Asyncthink, GRPO_CAPACITY, 1),
+            (ThinkingMode::Sequential, 1, 1),
+            (ThinkingMode::Parallel, 1, samples),
+        ] {
+            let row = measure_with(
+                &args,
+                &trained,
+                &eval_items,
+                Stage::Grpo,
+                mode,
+                capacity,
+                n,
+                Some(alone),
+            )?;
+            latency.push(report::Latency::of(&row));
+        }
+        let text = report::latency_table(&latency);
+        eprintln!("{text}");
+        write_atomic(&out.join("latency.md"), text.as_bytes())?;
+    }
     lap("eval", &mut t);
 
     // 5. The table, the pictures, everything as JSON.
@@ -525,6 +571,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         "grpo": logs,
         "grpo_lambda0": logs0,
         "rows": rows.iter().map(Row::summary_json).collect::<Vec<_>>(),
+        "latency_alone": latency,
     });
     write_atomic(
         &out.join("results.json"),

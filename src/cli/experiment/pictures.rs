@@ -11,8 +11,9 @@ use crate::asyncthink::executor::svg::timeline_svg;
 use crate::train::plot::ticks;
 use crate::util::write_atomic;
 
-const COLORS: [&str; 8] = [
+const COLORS: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
 ];
 
 fn esc(s: &str) -> String {
@@ -24,7 +25,7 @@ fn esc(s: &str) -> String {
 /// x: mean critical path (tokens) with its 95% interval; y: accuracy with its Wilson interval.
 /// Both axes start at 0: lower-right is worse, upper-left better.
 pub fn latency_accuracy_svg(rows: &[Row]) -> String {
-    let (w, h) = (760.0, 460.0);
+    let (w, h) = (900.0, 460.0);
     let (x0, x1, y0, y1) = (70.0, 500.0, 400.0, 40.0);
     let xmax = rows
         .iter()

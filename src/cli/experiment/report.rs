@@ -194,6 +194,52 @@ impl Row {
     }
 }
 
+/// A method's questions run one at a time: seconds and critical path per question.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub method: String,
+    pub questions: usize,
+    pub wall_seconds: Spread,
+    pub critical_path: Spread,
+    /// Wall-clock milliseconds per critical-path token.
+    pub ms_per_token: f64,
+}
+
+impl Latency {
+    pub fn of(row: &Row) -> Latency {
+        Latency {
+            method: row.method(),
+            questions: row.questions,
+            wall_seconds: row.wall_seconds,
+            critical_path: row.critical_path,
+            ms_per_token: 1e3 * row.wall_seconds.mean / row.critical_path.mean.max(1.0),
+        }
+    }
+}
+
+/// The latency rows with each one's ratios to the first (AsyncThink).
+pub fn latency_table(rows: &[Latency]) -> String {
+    let mut t = String::from(
+        "| method (alone on the engine) | questions | wall s / question | critical path | ms / critical-path token | wall-clock ratio | critical-path ratio |\n|---|---|---|---|---|---|---|\n",
+    );
+    let Some(first) = rows.first() else {
+        return t;
+    };
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.2} |\n",
+            r.method,
+            r.questions,
+            r.wall_seconds.mean,
+            r.critical_path.mean,
+            r.ms_per_token,
+            r.wall_seconds.mean / first.wall_seconds.mean.max(1e-12),
+            r.critical_path.mean / first.critical_path.mean.max(1e-12),
+        ));
+    }
+    t
+}
+
 pub fn table(rows: &[Row]) -> String {
     let mut t = String::from(
         "| model | method | accuracy [95% CI] | critical path: mean ± 95% | p50 | p90 | wall s / question | tokens / question | η | forks | format-valid |\n|---|---|---|---|---|---|---|---|---|---|---|\n",

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::random::random_checkpoint;
-use super::save::save_checkpoint;
+use super::save::{ExtraFiles, save_checkpoint};
 use super::source::ModelSource;
 use super::{Qwen3, Qwen3Config};
 use crate::backend::TrainBackend;
@@ -43,10 +43,10 @@ impl Shape {
         {
             return bad("every dimension must be at least 1");
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad("heads must be a multiple of kv_heads");
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad("head_dim must be even (rotary embeddings)");
         }
         Ok(())
@@ -55,7 +55,7 @@ impl Shape {
 
 /// The embedded tokenizer with `extra` registered as special tokens, and the vocabulary
 /// size (rounded up to 16) that holds them.
-pub fn tokenizer_with(extra: &[String]) -> Result<(Tokenizer, Vec<(String, Vec<u8>)>, usize)> {
+pub fn tokenizer_with(extra: &[String]) -> Result<(Tokenizer, ExtraFiles, usize)> {
     let files = ModelSource::Embedded.tokenizer_files()?;
     let file = |name: &str| {
         files
@@ -89,7 +89,7 @@ pub fn fresh_model<B: TrainBackend>(
     shape: &Shape,
     extra_tokens: &[String],
     seed: u64,
-) -> Result<(Qwen3<B>, Tokenizer, Vec<(String, Vec<u8>)>)> {
+) -> Result<(Qwen3<B>, Tokenizer, ExtraFiles)> {
     shape.validate()?;
     let (tokenizer, files, vocab) = tokenizer_with(extra_tokens)?;
     let id = |t: &str| {
@@ -126,12 +126,8 @@ pub fn fresh_model<B: TrainBackend>(
 }
 
 /// `fresh_model` written to `dir` as a Hugging Face checkpoint.
-pub fn save_fresh<B: TrainBackend>(
-    model: &Qwen3<B>,
-    files: &[(String, Vec<u8>)],
-    dir: &Path,
-) -> Result<()> {
-    save_checkpoint(model, dir, &files.to_vec())
+pub fn save_fresh<B: TrainBackend>(model: &Qwen3<B>, files: &ExtraFiles, dir: &Path) -> Result<()> {
+    save_checkpoint(model, dir, files)
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ impl ExperimentArgs {
     fn validate(&self) -> Result<()> {
         use super::validate::*;
         at_least("--hidden", self.hidden, 32)?;
-        if self.hidden % 32 != 0 {
+        if !self.hidden.is_multiple_of(32) {
             return Err(bad("--hidden", self.hidden, "must be a multiple of 32"));
         }
         at_least("--layers", self.layers, 1)?;

@@ -590,11 +590,14 @@ fn asyncthink_text(
 /// small model learns near-perfectly. Freer schedules (asyncthink_text) left a 0.86M model
 /// at 62% valid episodes with 4 forks against 98% with 1 (docs/results.md), and GRPO then
 /// learned to stop forking.
+///
+/// Without `rng` every wave is as large as the pool and nothing is done inline: the
+/// ablation's one fixed structure (fork while the pool has room, join oldest first, repeat).
 fn waves_text(
     plan: &Plan,
     capacity: usize,
     tags: &ProtocolTags,
-    rng: &mut ChaCha8Rng,
+    mut rng: Option<&mut ChaCha8Rng>,
 ) -> (String, Vec<usize>) {
     let mut text = String::new();
     line(&mut text, &plan.intro);
@@ -603,7 +606,10 @@ fn waves_text(
     let mut forks = Vec::new();
     while next < plan.subtasks.len() {
         let left = plan.subtasks.len() - next;
-        let wave = rng.random_range(1..=workers.min(left));
+        let wave = match rng.as_deref_mut() {
+            Some(rng) => rng.random_range(1..=workers.min(left)),
+            None => workers.min(left),
+        };
         let first_id = next_id;
         for st in &plan.subtasks[next..next + wave] {
             text.push_str(&tags.fork(next_id, &st.query));
@@ -613,7 +619,10 @@ fn waves_text(
         forks.extend(next..next + wave);
         let joined = next;
         next += wave;
-        let inline = rng.random_range(0..=2usize.min(plan.subtasks.len() - next));
+        let inline = match rng.as_deref_mut() {
+            Some(rng) => rng.random_range(0..=2usize.min(plan.subtasks.len() - next)),
+            None => 0,
+        };
         for st in &plan.subtasks[next..next + inline] {
             line(&mut text, st.inline.as_deref().unwrap_or_default());
         }
@@ -628,32 +637,6 @@ fn waves_text(
     line(&mut text, &plan.conclusion);
     text.push_str(&tags.answer(&plan.answer));
     (text, forks)
-}
-
-/// The ablation's one structure: fork while the pool has room, then join every worker
-/// oldest first, until all sub-tasks are done. No organizer work between fork and join.
-fn fixed_structure_text(plan: &Plan, capacity: usize, tags: &ProtocolTags) -> (String, Vec<usize>) {
-    let mut text = String::new();
-    line(&mut text, &plan.intro);
-    let workers = capacity.saturating_sub(1).max(1);
-    let mut next_id = 1u32;
-    for wave in plan.subtasks.chunks(workers) {
-        let first = next_id;
-        for st in wave {
-            text.push_str(&tags.fork(next_id, &st.query));
-            text.push('\n');
-            next_id += 1;
-        }
-        for (id, st) in (first..).zip(wave) {
-            text.push_str(&tags.join_open(id));
-            text.push_str(&st.takeaways);
-            text.push_str(&tags.join_close(id));
-            text.push('\n');
-        }
-    }
-    line(&mut text, &plan.conclusion);
-    text.push_str(&tags.answer(&plan.answer));
-    (text, (0..plan.subtasks.len()).collect())
 }
 
 fn sequential_text(plan: &Plan, tags: &ProtocolTags) -> String {
@@ -757,9 +740,9 @@ pub fn synthesize_item<T: Plannable>(
         TraceMode::AsyncThink | TraceMode::AsyncThinkFixed => {
             let inline = plan.subtasks.iter().all(|st| st.inline.is_some());
             let (text, forks) = match mode {
-                TraceMode::AsyncThink if inline => waves_text(&plan, capacity, tags, rng),
+                TraceMode::AsyncThink if inline => waves_text(&plan, capacity, tags, Some(rng)),
                 TraceMode::AsyncThink => asyncthink_text(&plan, capacity, tags, rng),
-                _ => fixed_structure_text(&plan, capacity, tags),
+                _ => waves_text(&plan, capacity, tags, None),
             };
             // Only the sub-tasks the organizer forked have a worker conversation.
             for k in forks {

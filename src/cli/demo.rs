@@ -53,7 +53,8 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
-fn jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+/// Rows as JSON lines, written atomically.
+pub(super) fn jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut text = String::new();
     for r in rows {
         text.push_str(&serde_json::to_string(r)?);

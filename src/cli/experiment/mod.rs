@@ -15,6 +15,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::data::TaskName;
+use super::demo::jsonl;
 use super::eval::{EvalArgs, evaluate};
 use super::grpo::{GrpoArgs, run_with};
 use super::think::ExecutorArgs;
@@ -152,15 +153,6 @@ impl ExperimentArgs {
             kv: KvMemoryArgs::fixed_mb(512),
         }
     }
-}
-
-fn jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut text = String::new();
-    for r in rows {
-        text.push_str(&serde_json::to_string(r)?);
-        text.push('\n');
-    }
-    write_atomic(path, text.as_bytes())
 }
 
 /// Every tag an organizer or worker can write, fork indices up to 8: one token each.

@@ -1,7 +1,7 @@
 """The real `openai` client against a running `asyncthink serve` (scripts/test-openai-client.sh).
 
 Chat and completion calls, whole and streamed, n > 1, stop strings, log-probs, usage in the
-last chunk, errors as the client's exception types. Usage: openai_client_check.py BASE_URL KEY
+last chunk, the AsyncThink mode, errors as the client's exception types. Usage: openai_client_check.py BASE_URL KEY
 """
 
 import sys
@@ -114,6 +114,24 @@ def _():
     assert len(lps) == 12 and all(t.logprob <= 0 for t in lps)
     r = cmpl(logprobs=0)
     assert len(r.choices[0].logprobs.token_logprobs) == 12
+
+
+@check("the AsyncThink mode through extra_body, whole and streamed")
+def _():
+    q = [{"role": "user", "content": "Compute 7*6, 4*9, 13*5."}]
+    body = {"asyncthink": {"capacity": 4}}
+    r = client.chat.completions.create(model=model, messages=q, temperature=0, extra_body=body)
+    c = r.choices[0]
+    episode = c.model_extra["asyncthink"]
+    assert c.message.content == "7*6=42, 4*9=36, 13*5=65", c.message
+    assert c.finish_reason == "stop" and episode["forks"] == 3, episode
+    assert episode["critical_path_tokens"] < episode["total_tokens"], episode
+    assert r.usage.completion_tokens == episode["total_tokens"]
+    text, reasoning, finish, _ = streamed_chat(
+        client.chat.completions.create(model=model, messages=q, temperature=0, extra_body=body, stream=True)
+    )
+    assert text[0] == c.message.content and finish == {0: "stop"}, (text, finish)
+    assert reasoning[0] == c.message.model_extra["reasoning_content"]
 
 
 @check("a bad field is a BadRequestError naming it")

@@ -116,16 +116,18 @@ def check(words, out, cwd):
                 problems.append("generate --json gave no token ids")
         elif not out.stdout.strip():
             problems.append("generate printed no text")
+        want = products_answer(flag(words, "--prompt") or "")
+        if products_model(words) and want and flag(words, "--temperature") == "0":
+            if f"<RETURN>{want}</RETURN>" not in out.stdout:
+                problems.append(f"generate did not return {want!r}: {out.stdout[-200:]!r}")
     elif sub == "think":
         if not re.search(r"critical path \d+ tokens", out.stdout):
             problems.append("think printed no critical path")
         if "answer:" not in out.stdout:
             problems.append("think printed no answer line")
-        # The committed experiment model, greedy, must get the README's products right.
-        prompt = flag(words, "--prompt") or ""
-        pairs = re.findall(r"(\d+)\*(\d+)", prompt)
-        if "models/asyncthink-products" in (flag(words, "--model") or "") and pairs:
-            want = ", ".join(f"{a}*{b}={int(a) * int(b)}" for a, b in pairs)
+        # The embedded (committed experiment) model, greedy, must get the products right.
+        want = products_answer(flag(words, "--prompt") or "")
+        if products_model(words) and want and flag(words, "--temperature") == "0":
             m = re.search(r"^answer: (.*)$", out.stdout, re.M)
             if not m or m.group(1).strip() != want:
                 problems.append(f"think answered {m.group(1) if m else None!r}, expected {want!r}")
@@ -135,8 +137,11 @@ def check(words, out, cwd):
         if got < (1 if words[1] == "traces" else n):
             problems.append(f"data {words[1]} wrote {got} lines, expected {n}")
     elif sub == "eval":
-        if not re.search(r"\d+ questions, accuracy \d", out.stderr + out.stdout):
+        m = re.search(r"\d+ questions, accuracy (\d[.\d]*)", out.stderr + out.stdout)
+        if not m:
             problems.append("eval printed no accuracy line")
+        elif products_model(words) and flag(words, "--task") == "products" and float(m.group(1)) < 0.8:
+            problems.append(f"the embedded model scored {m.group(1)} on products (below 0.8)")
     elif sub in ("grpo", "sft"):
         d = os.path.join(cwd, flag(words, "--out"))
         if not os.path.exists(os.path.join(d, "final", "model.safetensors")):
@@ -160,12 +165,45 @@ def check(words, out, cwd):
     elif words[0] == "curl" or sub == "curl":
         if "data: [DONE]" not in out.stdout and '"choices"' not in out.stdout:
             problems.append(f"curl got no completion: {out.stdout[-300:]}")
+        want = products_answer(" ".join(words))
+        if '"asyncthink"' in " ".join(words) and want:
+            answer = curl_content(out.stdout)
+            if answer != want:
+                problems.append(f"the AsyncThink request answered {answer!r}, expected {want!r}")
     elif sub == "batch":
         inp = lines_of(os.path.join(cwd, flag(words, "--input")))
         res = lines_of(os.path.join(cwd, flag(words, "--output")))
         if len(res) != len(inp) or any("error" in r or "text" not in r for r in res):
             problems.append(f"batch: {len(res)} outputs for {len(inp)} inputs, or an error line: {res}")
+        for q, r in zip(inp, res):
+            want = products_answer(q.get("messages", [{}])[-1].get("content", ""))
+            greedy = q.get("sampling", {}).get("temperature") == 0
+            if products_model(words) and want and greedy and f"<RETURN>{want}</RETURN>" not in r.get("text", ""):
+                problems.append(f"batch {q.get('id')}: no <RETURN>{want}</RETURN> in {r.get('text')!r}")
     return problems
+
+
+def products_model(words):
+    """Whether the command runs the embedded default (the committed products model)."""
+    return "models/asyncthink-products" in (flag(words, "--model") or "models/asyncthink-products")
+
+
+def products_answer(text):
+    """`a*b=c, …` for the products named in `text` (the products task's answer), or None."""
+    pairs = re.findall(r"(\d+)\*(\d+)", text)
+    return ", ".join(f"{a}*{b}={int(a) * int(b)}" for a, b in pairs) or None
+
+
+def curl_content(stdout):
+    """The first choice's answer of a chat response, whole or streamed."""
+    if stdout.lstrip().startswith("{"):
+        return json.loads(stdout)["choices"][0]["message"]["content"]
+    content = ""
+    for line in stdout.splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:])["choices"]:
+                content += c.get("delta", {}).get("content") or ""
+    return content
 
 
 def main():

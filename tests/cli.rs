@@ -13,36 +13,48 @@ fn asyncthink(args: &[&str]) -> std::process::Output {
         .expect("run asyncthink")
 }
 
+/// The embedded default is models/asyncthink-products; transformers' logits of it come from
+/// tests/fixtures/check_saved_checkpoint.py (tests/fixtures/README.md).
 #[test]
 fn logits_of_the_embedded_default_match_transformers() {
-    let r = reference("tiny-gqa4-tied");
-    let p = &r.reference.prompts[1];
-    let ids = p
-        .ids
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let out = asyncthink(&["logits", "--ids", &ids]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ours: Vec<f32> = v["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-        })
-        .collect();
-    let err = max_abs_diff(&ours, &r.logits[1]);
-    assert!(err <= 1e-4, "max abs err {err}");
+    let evidence: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            fixtures().join("reference/asyncthink-products.transformers.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(evidence["loaded_ok"], true);
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+            })
+            .collect()
+    };
+    for (name, case) in evidence["logits"].as_object().unwrap() {
+        let ids = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = asyncthink(&["logits", "--ids", &ids]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let err = max_abs_diff(&floats(&v["logits"]), &floats(&case["logits"]));
+        assert!(err <= 1e-4, "{name}: max abs err {err}");
+    }
 }
 
 #[test]
@@ -186,7 +198,7 @@ fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
         r#"{"id": "too-long", "prompt_ids": [LONG]}"#,
         r#"{"id": "z", "prompt_ids": [1, 2, 3], "sampling": {"max_new_tokens": 5, "ignore_eos": true}}"#,
     ];
-    let long = (0..600)
+    let long = (0..1100)
         .map(|i| (i % 400).to_string())
         .collect::<Vec<_>>()
         .join(",");

@@ -12,8 +12,12 @@ use asyncthink::engine::{Engine, EngineConfig};
 use asyncthink::model::{ModelSource, Qwen3};
 use asyncthink::tokenizer::Tokenizer;
 
+/// The untrained tiny fixture: its 512 positions and small KV rows are what the budget and
+/// refusal cases below are sized for.
 fn setup() -> (Qwen3<CpuBackend>, Tokenizer) {
-    ModelSource::Embedded.load(CpuBackend).unwrap()
+    ModelSource::Dir(common::fixtures().join("models/tiny-gqa4-tied"))
+        .load(CpuBackend)
+        .unwrap()
 }
 
 fn script(org: &str, workers: &[(u32, &str)]) -> Script {

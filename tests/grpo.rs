@@ -8,6 +8,14 @@ use asyncthink::train::grpo::{GrpoConfig, RewardScale, advantages};
 use asyncthink::train::grpo_step::{RolloutSeq, grpo_update};
 use asyncthink::train::optim::{AdamW, OptimConfig};
 
+/// The untrained tiny fixture: the reward margins below are sized for its random policy.
+fn tiny_model() -> ModelSource {
+    ModelSource::Dir(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-gqa4-tied"),
+    )
+}
+
 const GROUP: usize = 8;
 const NEW: usize = 6;
 
@@ -51,7 +59,7 @@ fn rollouts(
 
 #[test]
 fn sampler_and_trainer_log_probs_agree() {
-    let (mut model, _) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let (mut model, _) = tiny_model().load_for_training(CpuBackend).unwrap();
     let prompts = vec![
         vec![501u32, 487, 198, 18, 261, 220, 19, 502],
         vec![5u32; 20],
@@ -100,7 +108,7 @@ fn sampler_and_trainer_log_probs_agree() {
 
 #[test]
 fn grpo_raises_a_scripted_reward() {
-    let (mut model, _) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let (mut model, _) = tiny_model().load_for_training(CpuBackend).unwrap();
     let prompts: Vec<Vec<u32>> = (0..4)
         .map(|i| vec![501, 487, 198, 100 + i, 502, 501])
         .collect();

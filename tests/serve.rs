@@ -453,7 +453,52 @@ fn every_malformed_request_is_a_400_naming_the_field() {
         ),
         (
             chat,
-            chat_body(json!({"asyncthink": {"capacity": 4}})).to_string(),
+            chat_body(json!({"asyncthink": {"capacity": 99}, "ignore_eos": null})).to_string(),
+            Some("asyncthink.capacity"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {"workers": 2}, "ignore_eos": null})).to_string(),
+            Some("asyncthink.workers"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": "yes", "ignore_eos": null})).to_string(),
+            Some("asyncthink"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}})).to_string(),
+            Some("ignore_eos"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null, "stop": "x"})).to_string(),
+            Some("stop"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null, "logprobs": true})).to_string(),
+            Some("logprobs"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null, "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Compute 7*6."}]}))
+            .to_string(),
+            Some("messages"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null, "messages": [
+                {"role": "assistant", "content": "Compute 7*6."}]}))
+            .to_string(),
+            Some("messages[0].role"),
+        ),
+        (
+            cmpl,
+            completion_body(json!({"asyncthink": {}, "ignore_eos": null})).to_string(),
             Some("asyncthink"),
         ),
         (

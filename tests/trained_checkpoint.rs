@@ -16,10 +16,13 @@ use common::*;
 fn trainer_checkpoint_matches_transformers_logits() {
     let dir = tempfile::tempdir().unwrap();
     let data = fixtures().join("sft/traces.jsonl");
+    let start = fixtures().join("models/tiny-gqa4-tied");
     // Exactly the run whose checkpoint transformers loaded (see the fixture README).
     let out = Command::new(env!("CARGO_BIN_EXE_asyncthink"))
         .args([
             "sft",
+            "--model",
+            start.to_str().unwrap(),
             "--data",
             data.to_str().unwrap(),
             "--out",

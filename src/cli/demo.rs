@@ -1,7 +1,8 @@
 //! `asyncthink demo`: the whole AsyncThink pipeline at a tiny scale, on the CPU, with
 //! nothing downloaded: task items and cold-start fork/join traces → format SFT → GRPO →
 //! AsyncThink against sequential and parallel thinking, as a table and pictures.
-//! With `--model DIR` it starts from that checkpoint instead of the embedded tiny model.
+//! It starts from a fresh 0.1M-parameter Qwen3 (random weights, the protocol tags as single
+//! tokens), or from the checkpoint `--model DIR` names.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use crate::asyncthink::executor::svg::{forks_histogram_svg, timeline_svg};
 use crate::asyncthink::protocol::ProtocolTags;
 use crate::asyncthink::traces::{TraceMode, synthesize};
 use crate::backend::cpu::CpuBackend;
+use crate::model::fresh::{Shape, fresh_model, save_fresh};
 use crate::tasks::arithmetic::Arithmetic;
 use crate::tasks::generate_items;
 use crate::train::grpo::{Aggregation, RewardScale};
@@ -27,6 +29,18 @@ use crate::train::sft::{SftConfig, SftTrainer};
 use crate::train::sft_data::load_jsonl;
 use crate::util::write_atomic;
 use crate::{Error, Result};
+
+/// The demo's fresh model: the size of the tiny test fixtures, so the whole pipeline runs in
+/// minutes on two cores.
+const FRESH_SHAPE: Shape = Shape {
+    hidden: 64,
+    layers: 2,
+    heads: 4,
+    kv_heads: 1,
+    head_dim: 16,
+    intermediate: 128,
+    max_positions: 512,
+};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -182,8 +196,31 @@ pub fn run(args: DemoArgs) -> Result<()> {
         convs.len() - asyncthink_conversations
     );
 
-    // 2. Format SFT.
-    let source = args.model.source();
+    // 2. Format SFT, from a fresh model unless --model names one.
+    let start = match &args.model.model {
+        Some(dir) => dir.clone(),
+        None => {
+            let init = out.join("init");
+            let (model, _, files) = fresh_model(
+                CpuBackend,
+                &FRESH_SHAPE,
+                &super::experiment::tag_tokens(),
+                args.seed,
+            )?;
+            save_fresh(&model, &files, &init)?;
+            eprintln!(
+                "      fresh model: {} parameters, tags as single tokens; saved {}",
+                model.config.num_parameters(),
+                init.display()
+            );
+            init
+        }
+    };
+    let start_model = ModelArgs {
+        model: Some(start),
+        ..args.model.clone()
+    };
+    let source = start_model.source();
     let (model, tokenizer) = source.load_for_training(CpuBackend)?;
     // Never past the model's positions (the tiny default has 512): longer traces are cut,
     // and the run says so.
@@ -269,7 +306,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     // 4. The untrained model against the trained one, and the trained one's baselines.
     let base = eval_all(
-        args.model.clone(),
+        start_model.clone(),
         &eval_path,
         args.capacity,
         args.seed,

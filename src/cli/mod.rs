@@ -204,7 +204,8 @@ impl KvMemoryArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
-    /// Without it, the tiny model embedded in the binary is used.
+    /// Without it: the trained products model embedded in the binary
+    /// (models/asyncthink-products); `demo` and `experiment` start from a fresh model instead.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// CPU threads (default: all cores).

@@ -15,8 +15,9 @@ use crate::util::{prepare_output, write_atomic};
 
 #[derive(Args, Debug, Clone)]
 pub struct ExecutorArgs {
-    /// Agents in the pool, organizer included (the demo's 3 by default).
-    #[arg(long, default_value_t = 3)]
+    /// Agents in the pool, organizer included (4, what the embedded model was trained with;
+    /// the demo's models use 3).
+    #[arg(long, default_value_t = 4)]
     pub capacity: usize,
     /// Sampling temperature (the demo's 0.7 by default).
     #[arg(long, default_value_t = 0.7)]

@@ -181,13 +181,15 @@ mod tests {
     }
 
     /// On the host the cache holds what the engine can fill, not a fixed GiB: the tiny
-    /// embedded model gets max_num_seqs × 512 positions (2048 blocks of 4 KiB, 8 MiB), and an
+    /// fixture gets max_num_seqs × 512 positions (2048 blocks of 4 KiB, 8 MiB), and an
     /// explicit --kv-cache-mb still wins.
     #[test]
     fn host_cache_is_sized_from_what_the_engine_can_fill() {
         use crate::backend::cpu::CpuBackend;
         use crate::model::ModelSource;
-        let (model, _) = ModelSource::Embedded.load(CpuBackend).unwrap();
+        let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-gqa4-tied");
+        let (model, _) = ModelSource::Dir(tiny).load(CpuBackend).unwrap();
         let cfg = EngineConfig::default();
         let per_seq = model
             .config

@@ -1,4 +1,4 @@
-//! A Qwen3 to train from scratch: a chosen shape, random weights, and the embedded tokenizer
+//! A Qwen3 to train from scratch: a chosen shape, random weights, and the base tokenizer
 //! with extra tokens (the AsyncThink tags) that each get an embedding row of their own, so
 //! a tag costs the organizer one decoding step instead of several.
 
@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::random::random_checkpoint;
 use super::save::{ExtraFiles, save_checkpoint};
-use super::source::ModelSource;
 use super::{Qwen3, Qwen3Config};
 use crate::backend::TrainBackend;
 use crate::tokenizer::Tokenizer;
@@ -53,33 +52,27 @@ impl Shape {
     }
 }
 
-/// The embedded tokenizer with `extra` registered as special tokens, and the vocabulary
-/// size (rounded up to 16) that holds them.
+/// The base tokenizer (the fixture BPE, embedded) with `extra` registered as special tokens,
+/// and the vocabulary size (rounded up to 16) that holds them.
 pub fn tokenizer_with(extra: &[String]) -> Result<(Tokenizer, ExtraFiles, usize)> {
-    let files = ModelSource::Embedded.tokenizer_files()?;
-    let file = |name: &str| {
-        files
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| b.clone())
-            .ok_or_else(|| Error::Tokenizer(format!("embedded model has no {name}")))
-    };
-    let config = |name: &str| -> Result<Option<serde_json::Value>> {
-        Ok(serde_json::from_slice(&file(name)?).ok())
-    };
+    use super::source::{TOKENIZER_FILES, base_tokenizer as base};
     let mut tokenizer = Tokenizer::from_parts(
-        &file("tokenizer.json")?,
-        config("generation_config.json")?,
-        config("tokenizer_config.json")?,
+        base::TOKENIZER,
+        serde_json::from_slice(base::GENERATION_CONFIG).ok(),
+        serde_json::from_slice(base::TOKENIZER_CONFIG).ok(),
     )?;
     let vocab = (tokenizer.vocab_size() + extra.len()).next_multiple_of(16);
     tokenizer.add_special_tokens(extra, vocab)?;
-    let mut out = vec![(
-        "tokenizer.json".to_string(),
-        tokenizer.to_json()?.into_bytes(),
-    )];
-    out.extend(files.into_iter().filter(|(n, _)| n != "tokenizer.json"));
-    Ok((tokenizer, out, vocab))
+    let files = TOKENIZER_FILES
+        .iter()
+        .zip([
+            tokenizer.to_json()?.into_bytes(),
+            base::TOKENIZER_CONFIG.to_vec(),
+            base::GENERATION_CONFIG.to_vec(),
+        ])
+        .map(|(name, bytes)| (name.to_string(), bytes))
+        .collect();
+    Ok((tokenizer, files, vocab))
 }
 
 /// A model of `shape` with random weights (seeded) on `backend`, with f32 master weights for
@@ -95,7 +88,7 @@ pub fn fresh_model<B: TrainBackend>(
     let id = |t: &str| {
         tokenizer
             .token_to_id(t)
-            .ok_or_else(|| Error::Tokenizer(format!("embedded tokenizer has no {t}")))
+            .ok_or_else(|| Error::Tokenizer(format!("base tokenizer has no {t}")))
     };
     let text = json!({
         "architectures": ["Qwen3ForCausalLM"],

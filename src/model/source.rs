@@ -1,4 +1,4 @@
-//! Where a model comes from: a Hugging Face directory on disk, or the tiny checkpoint
+//! Where a model comes from: a Hugging Face directory on disk, or the small trained checkpoint
 //! compiled into the binary so the CLI runs on a fresh machine with nothing downloaded.
 
 use std::path::{Path, PathBuf};
@@ -8,24 +8,46 @@ use crate::Result;
 use crate::backend::Backend;
 use crate::tokenizer::Tokenizer;
 
-/// The embedded default: tests/fixtures/models/tiny-gqa4-tied, made by the fixture script.
-mod embedded {
-    macro_rules! fixture {
-        ($file:literal) => {
-            include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/models/tiny-gqa4-tied/",
-                $file
-            ))
-        };
-    }
-    pub const NAME: &str = "embedded:tiny-gqa4-tied";
-    pub const CONFIG: &[u8] = fixture!("config.json");
-    pub const WEIGHTS: &[u8] = fixture!("model.safetensors");
-    pub const TOKENIZER: &[u8] = fixture!("tokenizer.json");
-    pub const TOKENIZER_CONFIG: &[u8] = fixture!("tokenizer_config.json");
-    pub const GENERATION_CONFIG: &[u8] = fixture!("generation_config.json");
+/// Files compiled into the binary, so the CLI runs on a fresh machine with nothing downloaded.
+macro_rules! embed {
+    ($dir:literal, $file:literal) => {
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $dir, "/", $file))
+    };
 }
+
+/// The embedded default: the AsyncThink experiment's trained model (models/README.md), so
+/// `think`, `eval`, `generate` and `serve` answer products questions out of the box.
+mod embedded {
+    pub const NAME: &str = "embedded:asyncthink-products";
+    pub const CONFIG: &[u8] = embed!("models/asyncthink-products", "config.json");
+    pub const WEIGHTS: &[u8] = embed!("models/asyncthink-products", "model.safetensors");
+    pub const TOKENIZER: &[u8] = embed!("models/asyncthink-products", "tokenizer.json");
+    pub const TOKENIZER_CONFIG: &[u8] =
+        embed!("models/asyncthink-products", "tokenizer_config.json");
+    pub const GENERATION_CONFIG: &[u8] =
+        embed!("models/asyncthink-products", "generation_config.json");
+}
+
+/// The tokenizer fresh models start from: the fixture BPE (tests/fixtures/tokenizer, made by
+/// the fixture script) without the protocol tags, which `model::fresh` adds as it needs.
+pub(super) mod base_tokenizer {
+    pub const TOKENIZER: &[u8] = embed!("tests/fixtures/models/tiny-gqa4-tied", "tokenizer.json");
+    pub const TOKENIZER_CONFIG: &[u8] = embed!(
+        "tests/fixtures/models/tiny-gqa4-tied",
+        "tokenizer_config.json"
+    );
+    pub const GENERATION_CONFIG: &[u8] = embed!(
+        "tests/fixtures/models/tiny-gqa4-tied",
+        "generation_config.json"
+    );
+}
+
+/// The tokenizer files every saved checkpoint carries, in this order.
+pub(super) const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -67,15 +89,10 @@ impl ModelSource {
 
     /// Tokenizer and generation files to copy into a checkpoint saved from this model.
     pub fn tokenizer_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        const FILES: [&str; 3] = [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ];
         match self {
             ModelSource::Dir(dir) => {
                 let mut out = Vec::new();
-                for f in FILES {
+                for f in TOKENIZER_FILES {
                     let path = dir.join(f);
                     if path.exists() {
                         out.push((
@@ -86,7 +103,7 @@ impl ModelSource {
                 }
                 Ok(out)
             }
-            ModelSource::Embedded => Ok(FILES
+            ModelSource::Embedded => Ok(TOKENIZER_FILES
                 .iter()
                 .zip([
                     embedded::TOKENIZER,

@@ -40,7 +40,8 @@ pub struct RequestBody {
     pub chat_template_kwargs: Option<Map<String, Value>>,
     /// Return the prompt's and each choice's token ids (vLLM's `return_token_ids`).
     pub return_token_ids: Option<bool>,
-    /// AsyncThink request mode (not served yet: refused with a 400 naming it).
+    /// The AsyncThink request mode (`asyncthink_mode.rs`): `{"capacity": 4}` runs the
+    /// question through the organizer/worker executor.
     pub asyncthink: Option<Value>,
 }
 

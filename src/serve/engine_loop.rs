@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::asyncthink_mode::EpisodeJob;
+use super::episodes::{EpisodeRequest, EpisodeUpdate};
 use super::error::ApiError;
 use super::metrics::{Metrics, Outcome};
 use super::stream_text::StreamText;
@@ -30,9 +32,11 @@ pub struct Update {
     pub finish: Option<FinishReason>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Event {
     Update(Update),
+    /// An AsyncThink episode's progress (the `asyncthink` request mode).
+    Episode(EpisodeUpdate),
     /// The engine failed; the request is over.
     Failed(String),
 }
@@ -42,6 +46,8 @@ pub struct Submission {
     /// One sequence per entry.
     pub choices: Vec<SamplingParams>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Run `choices.len()` AsyncThink episodes instead (`prompt` is then unused).
+    pub asyncthink: Option<Box<EpisodeJob>>,
     /// Answered once the engine took the request (or refused it).
     pub accepted: oneshot::Sender<std::result::Result<(), ApiError>>,
     pub arrived: Instant,
@@ -93,6 +99,8 @@ struct Loop<'e, 'm, B: Backend> {
     metrics: Arc<Mutex<Metrics>>,
     requests: HashMap<u64, Request>,
     choices: HashMap<SeqId, Choice>,
+    /// AsyncThink requests, in the same id space as `requests`.
+    episodes: HashMap<u64, EpisodeRequest>,
     next_request: u64,
     deadline: Option<Instant>,
     aborted_at_shutdown: usize,
@@ -111,6 +119,7 @@ pub fn run<'m, B: Backend>(
         metrics,
         requests: HashMap::new(),
         choices: HashMap::new(),
+        episodes: HashMap::new(),
         next_request: 0,
         deadline: None,
         aborted_at_shutdown: 0,
@@ -118,7 +127,7 @@ pub fn run<'m, B: Backend>(
     lp.publish();
     loop {
         // Take in what arrived: block only when there is nothing to run.
-        if lp.requests.is_empty() {
+        if lp.requests.is_empty() && lp.episodes.is_empty() {
             if lp.deadline.is_some() {
                 break;
             }
@@ -145,9 +154,15 @@ pub fn run<'m, B: Backend>(
         }
         if lp.engine.has_unfinished() {
             match lp.engine.step() {
-                Ok(outputs) => lp.dispatch(outputs)?,
+                Ok(outputs) => {
+                    lp.dispatch(&outputs)?;
+                    lp.advance_episodes(&outputs);
+                }
                 Err(e) => lp.fail_all(&e),
             }
+        } else if !lp.episodes.is_empty() {
+            // Nothing left to run yet an episode is open: its driver ends it as stuck.
+            lp.advance_episodes(&[]);
         }
         lp.publish();
     }
@@ -183,6 +198,19 @@ impl<B: Backend> Loop<'_, '_, B> {
 
     fn admit(&mut self, s: &Submission) -> std::result::Result<(), ApiError> {
         let id = self.next_request;
+        if let Some(job) = &s.asyncthink {
+            let started = EpisodeRequest::start(
+                self.engine,
+                self.tokenizer,
+                job,
+                s.events.clone(),
+                s.arrived,
+            )
+            .map_err(refusal)?;
+            self.next_request += 1;
+            self.episodes.insert(id, started);
+            return Ok(());
+        }
         let mut seqs = Vec::new();
         for (index, params) in s.choices.iter().enumerate() {
             match self.engine.add_request(s.prompt.clone(), params.clone()) {
@@ -204,12 +232,7 @@ impl<B: Backend> Loop<'_, '_, B> {
                     for seq in seqs {
                         self.forget(seq);
                     }
-                    return Err(match e {
-                        Error::InvalidInput(m) | Error::KvCacheFull(m) => {
-                            ApiError::invalid("prompt", m)
-                        }
-                        other => ApiError::internal(other.to_string()),
-                    });
+                    return Err(refusal(e));
                 }
             }
         }
@@ -251,6 +274,59 @@ impl<B: Backend> Loop<'_, '_, B> {
         for id in gone {
             self.end_request(id, Outcome::Disconnected);
         }
+        let gone: Vec<u64> = self
+            .episodes
+            .iter()
+            .filter(|(_, r)| r.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.end_episodes(id, "the client disconnected", Outcome::Disconnected);
+        }
+    }
+
+    /// Ends AsyncThink request `id`'s open episodes with `why` (their outcomes are sent) and
+    /// drops it; its sequences leave the engine.
+    fn end_episodes(&mut self, id: u64, why: &str, outcome: Outcome) {
+        if let Some(mut r) = self.episodes.remove(&id) {
+            if let Err(e) = r.abort(self.engine, self.tokenizer, why) {
+                let _ = r
+                    .events
+                    .send(Event::Failed(format!("ending the episodes failed: {e}")));
+            }
+            lock(&self.metrics).count(outcome);
+        }
+    }
+
+    /// One engine step's outputs to every AsyncThink request; those whose episodes have all
+    /// ended are done. A failure is that request's alone.
+    fn advance_episodes(&mut self, outputs: &[StepOutput]) {
+        let ids: Vec<u64> = self.episodes.keys().copied().collect();
+        for id in ids {
+            let Some(r) = self.episodes.get_mut(&id) else {
+                continue;
+            };
+            let had_token = r.first_token.is_some();
+            match r.advance(self.engine, self.tokenizer, outputs) {
+                Ok(done) => {
+                    if let (false, Some(t)) = (had_token, r.first_token) {
+                        lock(&self.metrics)
+                            .ttft
+                            .observe((t - r.arrived).as_secs_f64());
+                    }
+                    if done {
+                        self.episodes.remove(&id);
+                        lock(&self.metrics).count(Outcome::Completed);
+                    }
+                }
+                Err(e) => {
+                    let _ = r
+                        .events
+                        .send(Event::Failed(format!("the executor failed: {e}")));
+                    self.end_episodes(id, "the executor failed", Outcome::Failed);
+                }
+            }
+        }
     }
 
     /// The grace period is over: every live choice ends as aborted.
@@ -272,6 +348,11 @@ impl<B: Backend> Loop<'_, '_, B> {
             self.aborted_at_shutdown += 1;
             self.end_request(id, Outcome::ShutdownAborted);
         }
+        let ids: Vec<u64> = self.episodes.keys().copied().collect();
+        for id in ids {
+            self.aborted_at_shutdown += 1;
+            self.end_episodes(id, "the server shut down", Outcome::ShutdownAborted);
+        }
     }
 
     fn fail_all(&mut self, e: &Error) {
@@ -284,9 +365,18 @@ impl<B: Backend> Loop<'_, '_, B> {
             }
             self.end_request(id, Outcome::Failed);
         }
+        let ids: Vec<u64> = self.episodes.keys().copied().collect();
+        for id in ids {
+            if let Some(r) = self.episodes.get(&id) {
+                let _ = r
+                    .events
+                    .send(Event::Failed(format!("engine step failed: {e}")));
+            }
+            self.end_episodes(id, "the engine step failed", Outcome::Failed);
+        }
     }
 
-    fn dispatch(&mut self, outputs: Vec<StepOutput>) -> Result<()> {
+    fn dispatch(&mut self, outputs: &[StepOutput]) -> Result<()> {
         let now = Instant::now();
         let mut failed: Vec<(u64, String)> = Vec::new();
         for out in outputs {
@@ -359,8 +449,9 @@ impl<B: Backend> Loop<'_, '_, B> {
     /// The gauges /metrics shows, after every step.
     fn publish(&self) {
         let (mut running, mut waiting) = (0, 0);
-        for seq in self.choices.keys() {
-            match self.engine.sequence(*seq).map(|s| s.status) {
+        let episode_seqs = self.episodes.values().flat_map(EpisodeRequest::live_seqs);
+        for seq in self.choices.keys().copied().chain(episode_seqs) {
+            match self.engine.sequence(seq).map(|s| s.status) {
                 Some(Status::Running) => running += 1,
                 Some(Status::Waiting) => waiting += 1,
                 _ => {}
@@ -370,7 +461,7 @@ impl<B: Backend> Loop<'_, '_, B> {
         let mut m = lock(&self.metrics);
         m.running_seqs = running;
         m.waiting_seqs = waiting;
-        m.live_requests = self.requests.len();
+        m.live_requests = self.requests.len() + self.episodes.len();
         m.kv_blocks_total = self.engine.config().num_blocks;
         m.kv_blocks_free = self.engine.num_free_blocks();
         m.prefix_cache_hit_rate = s.prefix_hit_rate();
@@ -378,6 +469,14 @@ impl<B: Backend> Loop<'_, '_, B> {
         m.prompt_tokens = s.prompt_tokens;
         m.generated_tokens = s.generated_tokens;
         m.engine_steps = s.steps;
+    }
+}
+
+/// An engine refusal of a request's prompt as the client's 400; anything else is ours.
+fn refusal(e: Error) -> ApiError {
+    match e {
+        Error::InvalidInput(m) | Error::KvCacheFull(m) => ApiError::invalid("prompt", m),
+        other => ApiError::internal(other.to_string()),
     }
 }
 

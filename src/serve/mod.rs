@@ -6,8 +6,10 @@
 //! loaded and the port bound; `Server::wait` returns the engine's state at exit.
 
 pub mod api;
+pub mod asyncthink_mode;
 mod auth;
 pub mod engine_loop;
+pub mod episodes;
 pub mod error;
 pub mod metrics;
 pub mod reasoning;

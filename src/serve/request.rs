@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::api::{Content, LogprobsField, Message, PromptField, RequestBody};
+use super::asyncthink_mode::{self, EpisodeJob};
 use super::error::ApiError;
 use crate::engine::SamplingParams;
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
@@ -36,6 +37,9 @@ pub struct Prepared {
     pub include_usage: bool,
     pub logprobs: bool,
     pub return_token_ids: bool,
+    /// Set when the request asked for the AsyncThink mode: `prompt` is then the organizer's
+    /// and each choice is one episode.
+    pub asyncthink: Option<EpisodeJob>,
 }
 
 pub fn prepare(
@@ -56,6 +60,18 @@ pub fn prepare(
         ));
     }
     refuse_unsupported(&body, endpoint)?;
+    if let Some(field) = body.asyncthink.as_ref().filter(|v| !v.is_null()) {
+        let (job, prompt, base) = asyncthink_mode::job(&body, endpoint, info, tokenizer, field)?;
+        return Ok(Prepared {
+            prompt,
+            choices: vec![base; job.n],
+            stream: body.stream.unwrap_or(false),
+            include_usage: include_usage(&body),
+            logprobs: false,
+            return_token_ids: false,
+            asyncthink: Some(job),
+        });
+    }
     let prompt = match endpoint {
         Endpoint::Completions => completion_prompt(&body, tokenizer)?,
         Endpoint::Chat => chat_prompt(&body, tokenizer)?,
@@ -119,18 +135,9 @@ pub fn prepare(
         None => room,
     };
     let base = sampling(&body, max_new_tokens)?;
-    let n = body.n.unwrap_or(1);
-    if !(1..=MAX_N).contains(&n) {
-        return Err(ApiError::invalid(
-            "n",
-            format!("n must be in 1..={MAX_N}, got {n}"),
-        ));
-    }
-    let seed = match body.seed {
-        Some(s) => s as u64,
-        None => fresh_seed(),
-    };
-    let choices = (0..n)
+    let n = choice_count(&body)?;
+    let seed = request_seed(&body);
+    let choices = (0..n as u64)
         .map(|i| SamplingParams {
             seed: seed.wrapping_add(i),
             ..base.clone()
@@ -140,13 +147,10 @@ pub fn prepare(
         prompt,
         choices,
         stream: body.stream.unwrap_or(false),
-        include_usage: body
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: include_usage(&body),
         logprobs: logprobs(&body, endpoint)?,
         return_token_ids: body.return_token_ids.unwrap_or(false),
+        asyncthink: None,
     })
 }
 
@@ -199,12 +203,6 @@ fn refuse_unsupported(body: &RequestBody, endpoint: Endpoint) -> Result<(), ApiE
         .is_some_and(|f| !f.is_null() && f.get("type").and_then(|t| t.as_str()) != Some("text"))
     {
         return unsupported("response_format", "a structured output format");
-    }
-    if body.asyncthink.is_some() {
-        return unsupported(
-            "asyncthink",
-            "the AsyncThink request mode (the executor cannot share the server's engine loop yet)",
-        );
     }
     Ok(())
 }
@@ -263,7 +261,7 @@ fn chat_prompt(body: &RequestBody, tokenizer: &Tokenizer) -> Result<Vec<u32>, Ap
         .map_err(|e| ApiError::invalid("messages", e.to_string()))
 }
 
-fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
+pub(super) fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
     let role = match m.role.as_str() {
         "system" | "developer" => "system",
         "user" => "user",
@@ -312,7 +310,10 @@ fn chat_message(i: usize, m: &Message) -> Result<ChatMessage, ApiError> {
     })
 }
 
-fn sampling(body: &RequestBody, max_new_tokens: usize) -> Result<SamplingParams, ApiError> {
+pub(super) fn sampling(
+    body: &RequestBody,
+    max_new_tokens: usize,
+) -> Result<SamplingParams, ApiError> {
     let temperature = body.temperature.unwrap_or(1.0);
     if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
         return Err(ApiError::invalid(
@@ -417,6 +418,30 @@ fn logprobs(body: &RequestBody, endpoint: Endpoint) -> Result<bool, ApiError> {
             "logprobs must be an integer on /v1/completions",
         )),
     }
+}
+
+fn include_usage(body: &RequestBody) -> bool {
+    body.stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false)
+}
+
+/// `n`, checked.
+pub(super) fn choice_count(body: &RequestBody) -> Result<usize, ApiError> {
+    let n = body.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("n must be in 1..={MAX_N}, got {n}"),
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// The request's `seed`, or a fresh one.
+pub(super) fn request_seed(body: &RequestBody) -> u64 {
+    body.seed.map_or_else(fresh_seed, |s| s as u64)
 }
 
 /// A seed for a request that gave none: distinct per request.

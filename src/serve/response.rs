@@ -3,6 +3,8 @@
 use serde_json::{Value, json};
 
 use super::request::{Endpoint, Prepared};
+use crate::asyncthink::executor::EpisodeOutcome;
+use crate::asyncthink::protocol::ProtocolError;
 use crate::engine::FinishReason;
 use crate::tokenizer::Tokenizer;
 
@@ -122,6 +124,28 @@ pub struct Finished {
     pub reasoning: String,
     pub tokens: Vec<(u32, f32)>,
     pub finish: Option<FinishReason>,
+    /// An AsyncThink choice's episode, once it ended.
+    pub episode: Option<Box<EpisodeOutcome>>,
+}
+
+/// How an AsyncThink episode ended, as a `finish_reason`: its answer ("stop"), a budget
+/// ("length"), an abort, or a format error ("error", the error in `asyncthink.format_error`).
+pub fn episode_finish(o: &EpisodeOutcome) -> &'static str {
+    match o.record.format_errors.first() {
+        None if o.record.final_answer.is_some() => "stop",
+        Some(ProtocolError::BudgetExceeded { .. }) => "length",
+        Some(ProtocolError::Aborted { .. }) => "abort",
+        _ => "error",
+    }
+}
+
+/// The `asyncthink` field of a choice: the episode as `asyncthink think --trace` writes it
+/// (texts, workers, fork/join events, per-agent timeline, critical path, η), with its first
+/// format error in words.
+pub fn episode_summary(o: &EpisodeOutcome) -> Value {
+    let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+    v["format_error"] = json!(o.record.format_errors.first().map(|e| e.to_string()));
+    v
 }
 
 pub fn whole_body(
@@ -130,7 +154,14 @@ pub fn whole_body(
     tokenizer: &Tokenizer,
     choices: &[Finished],
 ) -> Value {
-    let completion: usize = choices.iter().map(|c| c.tokens.len()).sum();
+    let completion: usize = choices
+        .iter()
+        .map(|c| {
+            c.episode
+                .as_ref()
+                .map_or(c.tokens.len(), |e| e.total_tokens)
+        })
+        .sum();
     let body_choices = choices
         .iter()
         .enumerate()
@@ -150,6 +181,10 @@ pub fn whole_body(
             };
             choice["logprobs"] = logprobs;
             choice["finish_reason"] = json!(c.finish.as_ref().map(finish_reason));
+            if let Some(e) = &c.episode {
+                choice["finish_reason"] = json!(episode_finish(e));
+                choice["asyncthink"] = episode_summary(e);
+            }
             if req.return_token_ids {
                 choice["token_ids"] = json!(c.tokens.iter().map(|t| t.0).collect::<Vec<_>>());
             }

@@ -140,6 +140,7 @@ async fn try_generate(
             prompt: req.prompt.clone(),
             choices: req.choices.clone(),
             events: events_tx,
+            asyncthink: req.asyncthink.clone().map(Box::new),
             accepted: accepted_tx,
             arrived: std::time::Instant::now(),
         }))
@@ -166,11 +167,20 @@ async fn try_generate(
                     c.finish = u.finish.or(c.finish.take());
                 }
             }
+            Event::Episode(u) => {
+                if let Some(c) = choices.get_mut(u.index) {
+                    c.reasoning.push_str(&u.text);
+                    if let Some(o) = u.outcome {
+                        c.text = o.record.final_answer.clone().unwrap_or_default();
+                        c.episode = Some(o);
+                    }
+                }
+            }
             Event::Failed(m) => return Err(ApiError::internal(m)),
         }
     }
     drop(permit);
-    if endpoint == Endpoint::Chat {
+    if endpoint == Endpoint::Chat && req.asyncthink.is_none() {
         for c in &mut choices {
             let split = ReasoningSplitter::default().push(&c.text, true);
             c.text = split.content;

@@ -13,9 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::engine_loop::{Event, Update};
+use super::episodes::EpisodeUpdate;
 use super::reasoning::ReasoningSplitter;
 use super::request::{Endpoint, Prepared};
-use super::response::{Meta, finish_reason, logprobs, usage};
+use super::response::{Meta, episode_finish, episode_summary, finish_reason, logprobs, usage};
 use crate::tokenizer::Tokenizer;
 
 pub fn respond(
@@ -85,6 +86,15 @@ async fn pump(
         let u: Update = match ev {
             None => break,
             Some(Event::Update(u)) => u,
+            Some(Event::Episode(u)) => {
+                let Some(st) = state.get_mut(u.index) else {
+                    continue;
+                };
+                if !send(with_usage(meta.wrap(true, vec![episode_chunk(&u, st)]))).await {
+                    return;
+                }
+                continue;
+            }
             Some(Event::Failed(m)) => {
                 let _ = send(json!({"error": {"message": m, "type": "server_error", "param": null, "code": null}})).await;
                 return;
@@ -136,4 +146,24 @@ async fn pump(
         }
     }
     let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+}
+
+/// An AsyncThink episode's chunk: the organizer's new text as `reasoning_content`; when the
+/// episode ends, its answer as `content`, the finish reason and the `asyncthink` field.
+fn episode_chunk(u: &EpisodeUpdate, st: &mut ChoiceState) -> Value {
+    let mut delta = json!({});
+    if !u.text.is_empty() {
+        delta["reasoning_content"] = json!(u.text);
+    }
+    let mut choice =
+        json!({"index": u.index, "delta": delta, "logprobs": null, "finish_reason": null});
+    if let Some(o) = &u.outcome {
+        st.tokens += o.total_tokens;
+        if let Some(answer) = &o.record.final_answer {
+            choice["delta"]["content"] = json!(answer);
+        }
+        choice["finish_reason"] = json!(episode_finish(o));
+        choice["asyncthink"] = episode_summary(o);
+    }
+    choice
 }

@@ -10,4 +10,4 @@ pub mod svg;
 pub use config::ExecutorConfig;
 pub use episode::{AgentSpan, EpisodeOutcome, EventKind, TimelineEvent};
 pub use modes::{QuestionOutcome, ThinkingMode, run_mode};
-pub use run::{Script, run_episodes};
+pub use run::{Driver, Script, run_episodes};

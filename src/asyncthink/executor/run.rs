@@ -11,7 +11,7 @@ use super::episode::{
 };
 use crate::asyncthink::protocol::{Event, ProtocolError, StreamParser};
 use crate::backend::Backend;
-use crate::engine::{Engine, FinishReason, SamplingParams, SeqId};
+use crate::engine::{Engine, FinishReason, SamplingParams, SeqId, StepOutput};
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 use crate::{Error, Result};
 
@@ -29,15 +29,37 @@ enum Role {
     Worker(u32),
 }
 
+/// The executor between engine steps: its episodes and which engine sequence plays which
+/// role in which of them. `run_episodes` drives one to the end on an engine of its own; the
+/// server advances one per request, one engine step at a time, beside other requests'
+/// sequences in the same batch.
+pub struct Driver {
+    episodes: Vec<Episode>,
+    owner: HashMap<SeqId, (usize, Role)>,
+    step: usize,
+    seed: u64,
+}
+
+/// A driver with what one call needs: the engine, the tokenizer, the settings.
 struct Run<'r, 'm, B: Backend> {
     engine: &'r mut Engine<'m, B>,
     tokenizer: &'r Tokenizer,
     cfg: &'r ExecutorConfig,
     scripts: Option<&'r [Script]>,
-    episodes: Vec<Episode>,
-    owner: HashMap<SeqId, (usize, Role)>,
-    step: usize,
-    seed: u64,
+    d: &'r mut Driver,
+}
+
+fn check_config(cfg: &ExecutorConfig) -> Result<()> {
+    if cfg.capacity < 1 {
+        return Err(Error::InvalidInput(
+            "capacity must be at least 1 (the organizer)".into(),
+        ));
+    }
+    for (role, p) in [("organizer", &cfg.organizer), ("worker", &cfg.worker)] {
+        p.validate()
+            .map_err(|e| Error::InvalidInput(format!("{role} sampling: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Runs one episode per question to the end (answer, format failure, or budget) and
@@ -54,34 +76,133 @@ pub fn run_episodes<B: Backend>(
     if scripts.is_some_and(|s| s.len() != questions.len()) {
         return Err(Error::InvalidInput("one script per question".into()));
     }
-    if cfg.capacity < 1 {
-        return Err(Error::InvalidInput(
-            "capacity must be at least 1 (the organizer)".into(),
-        ));
-    }
-    for (role, p) in [("organizer", &cfg.organizer), ("worker", &cfg.worker)] {
-        p.validate()
-            .map_err(|e| Error::InvalidInput(format!("{role} sampling: {e}")))?;
-    }
+    check_config(cfg)?;
+    let mut driver = Driver::new(seed);
     let mut run = Run {
         engine,
         tokenizer,
         cfg,
         scripts,
-        episodes: Vec::new(),
-        owner: HashMap::new(),
-        step: 0,
-        seed,
+        d: &mut driver,
     };
     for (i, q) in questions.iter().enumerate() {
         run.start_episode(i, q)?;
     }
     run.drive()?;
-    Ok(run
-        .episodes
-        .iter()
-        .map(|e| e.outcome(cfg.capacity))
-        .collect())
+    Ok(driver.outcomes(cfg.capacity))
+}
+
+impl Driver {
+    pub fn new(seed: u64) -> Self {
+        Driver {
+            episodes: Vec::new(),
+            owner: HashMap::new(),
+            step: 0,
+            seed,
+        }
+    }
+
+    fn run<'r, 'm, B: Backend>(
+        &'r mut self,
+        engine: &'r mut Engine<'m, B>,
+        tokenizer: &'r Tokenizer,
+        cfg: &'r ExecutorConfig,
+    ) -> Run<'r, 'm, B> {
+        Run {
+            engine,
+            tokenizer,
+            cfg,
+            scripts: None,
+            d: self,
+        }
+    }
+
+    /// Starts an episode for `question` (its organizer joins the engine's queue) and
+    /// returns its index.
+    pub fn start<B: Backend>(
+        &mut self,
+        engine: &mut Engine<'_, B>,
+        tokenizer: &Tokenizer,
+        cfg: &ExecutorConfig,
+        question: &str,
+    ) -> Result<usize> {
+        check_config(cfg)?;
+        let index = self.episodes.len();
+        self.run(engine, tokenizer, cfg)
+            .start_episode(index, question)?;
+        Ok(index)
+    }
+
+    /// Takes in one engine step's outputs (those of other sequences are ignored), then
+    /// ends as failures the episodes past `cfg.max_steps` or left with nothing to run.
+    pub fn advance<B: Backend>(
+        &mut self,
+        engine: &mut Engine<'_, B>,
+        tokenizer: &Tokenizer,
+        cfg: &ExecutorConfig,
+        outputs: &[StepOutput],
+    ) -> Result<()> {
+        let mut run = self.run(engine, tokenizer, cfg);
+        run.take_step(outputs)?;
+        for i in 0..run.d.episodes.len() {
+            if run.d.episodes[i].done {
+                continue;
+            }
+            let why = if run.d.step >= cfg.max_steps {
+                "executor steps"
+            } else if !run.d.episodes[i]
+                .live_seqs()
+                .iter()
+                .any(|&s| run.is_live(s))
+            {
+                "runnable sequences"
+            } else {
+                continue;
+            };
+            run.fail(
+                i,
+                ProtocolError::BudgetExceeded {
+                    what: why.into(),
+                    limit: cfg.max_steps,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends every unfinished episode (its client went away, the server shuts down): each
+    /// records `why` and its sequences leave the engine, freeing their blocks.
+    pub fn abort<B: Backend>(
+        &mut self,
+        engine: &mut Engine<'_, B>,
+        tokenizer: &Tokenizer,
+        cfg: &ExecutorConfig,
+        why: &str,
+    ) -> Result<()> {
+        let mut run = self.run(engine, tokenizer, cfg);
+        for i in 0..run.d.episodes.len() {
+            if !run.d.episodes[i].done {
+                run.fail(i, ProtocolError::Aborted { why: why.into() })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn episodes(&self) -> &[Episode] {
+        &self.episodes
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.episodes.iter().all(|e| e.done)
+    }
+
+    pub fn owns(&self, seq: SeqId) -> bool {
+        self.owner.contains_key(&seq)
+    }
+
+    pub fn outcomes(&self, capacity: usize) -> Vec<EpisodeOutcome> {
+        self.episodes.iter().map(|e| e.outcome(capacity)).collect()
+    }
 }
 
 fn chat(tokenizer: &Tokenizer, system: &str, user: &str) -> Result<Vec<u32>> {
@@ -101,7 +222,7 @@ fn chat(tokenizer: &Tokenizer, system: &str, user: &str) -> Result<Vec<u32>> {
 impl<B: Backend> Run<'_, '_, B> {
     fn params(&self, base: &SamplingParams, salt: u64, script: Option<&[u32]>) -> SamplingParams {
         let mut p = base.clone();
-        p.seed = self.seed.wrapping_mul(0x9E37_79B9).wrapping_add(salt);
+        p.seed = self.d.seed.wrapping_mul(0x9E37_79B9).wrapping_add(salt);
         if let Some(s) = script {
             // A script ends where its text ends (no free sampling after it), or at the
             // budget if that comes first.
@@ -128,10 +249,10 @@ impl<B: Backend> Run<'_, '_, B> {
             self.engine.force_tokens(seq, s)?;
         }
         let parser = StreamParser::organizer(&self.cfg.tags, self.cfg.limits.clone())?;
-        self.owner.insert(seq, (index, Role::Organizer));
-        self.episodes.push(Episode::new(
+        self.d.owner.insert(seq, (index, Role::Organizer));
+        self.d.episodes.push(Episode::new(
             question.to_string(),
-            Agent::new(seq, parser, self.step),
+            Agent::new(seq, parser, self.d.step),
         ));
         Ok(())
     }
@@ -163,15 +284,15 @@ impl<B: Backend> Run<'_, '_, B> {
     }
 
     fn drive(&mut self) -> Result<()> {
-        while self.episodes.iter().any(|e| !e.done) {
-            if self.step >= self.cfg.max_steps || !self.engine.has_unfinished() {
-                let why = if self.step >= self.cfg.max_steps {
+        while self.d.episodes.iter().any(|e| !e.done) {
+            if self.d.step >= self.cfg.max_steps || !self.engine.has_unfinished() {
+                let why = if self.d.step >= self.cfg.max_steps {
                     "executor steps"
                 } else {
                     "runnable sequences"
                 };
-                for i in 0..self.episodes.len() {
-                    if !self.episodes[i].done {
+                for i in 0..self.d.episodes.len() {
+                    if !self.d.episodes[i].done {
                         self.fail(
                             i,
                             ProtocolError::BudgetExceeded {
@@ -184,43 +305,49 @@ impl<B: Backend> Run<'_, '_, B> {
                 break;
             }
             let outputs = self.engine.step()?;
-            // A step in which none of an episode's agents produced a token (its prompt still
-            // prefilling in a chunk, or every agent waiting) is not a step of its critical
-            // path: counting it made η of a lone agent fall below 1.
-            let live: Vec<usize> = (0..self.episodes.len())
-                .filter(|&i| !self.episodes[i].done)
-                .collect();
-            for &i in &live {
-                self.episodes[i].activity.push(0);
-            }
-            for out in outputs {
-                let Some(&(ep, role)) = self.owner.get(&out.seq) else {
-                    continue;
-                };
-                if self.episodes[ep].done {
-                    continue;
-                }
-                if let Some(token) = out.token {
-                    self.on_token(ep, role, out.seq, token)?;
-                }
-                // The token may have ended the episode (its answer, or a format error).
-                if let (Some(reason), false) = (out.finish, self.episodes[ep].done) {
-                    self.on_finish(ep, role, reason)?;
-                }
-            }
-            for i in live {
-                let activity = &mut self.episodes[i].activity;
-                if activity.last() == Some(&0) {
-                    activity.pop();
-                }
-            }
-            self.step += 1;
+            self.take_step(&outputs)?;
         }
         Ok(())
     }
 
+    /// One engine step's outputs: tokens to parsers, tags to forks and joins.
+    fn take_step(&mut self, outputs: &[StepOutput]) -> Result<()> {
+        // A step in which none of an episode's agents produced a token (its prompt still
+        // prefilling in a chunk, or every agent waiting) is not a step of its critical
+        // path: counting it made η of a lone agent fall below 1.
+        let live: Vec<usize> = (0..self.d.episodes.len())
+            .filter(|&i| !self.d.episodes[i].done)
+            .collect();
+        for &i in &live {
+            self.d.episodes[i].activity.push(0);
+        }
+        for out in outputs {
+            let Some(&(ep, role)) = self.d.owner.get(&out.seq) else {
+                continue;
+            };
+            if self.d.episodes[ep].done {
+                continue;
+            }
+            if let Some(token) = out.token {
+                self.on_token(ep, role, out.seq, token)?;
+            }
+            // The token may have ended the episode (its answer, or a format error).
+            if let (Some(reason), false) = (&out.finish, self.d.episodes[ep].done) {
+                self.on_finish(ep, role, reason.clone())?;
+            }
+        }
+        for i in live {
+            let activity = &mut self.d.episodes[i].activity;
+            if activity.last() == Some(&0) {
+                activity.pop();
+            }
+        }
+        self.d.step += 1;
+        Ok(())
+    }
+
     fn agent(&mut self, ep: usize, role: Role) -> Option<&mut Agent> {
-        let e = &mut self.episodes[ep];
+        let e = &mut self.d.episodes[ep];
         match role {
             Role::Organizer => Some(&mut e.organizer),
             Role::Worker(id) => e.workers.get_mut(&id).map(|w| &mut w.agent),
@@ -229,7 +356,7 @@ impl<B: Backend> Run<'_, '_, B> {
 
     fn on_token(&mut self, ep: usize, role: Role, seq: SeqId, _token: u32) -> Result<()> {
         {
-            let e = &mut self.episodes[ep];
+            let e = &mut self.d.episodes[ep];
             if let Some(a) = e.activity.last_mut() {
                 *a += 1;
             }
@@ -243,8 +370,11 @@ impl<B: Backend> Run<'_, '_, B> {
             None => &[],
         };
         let Some(agent) = (match role {
-            Role::Organizer => Some(&mut self.episodes[ep].organizer),
-            Role::Worker(id) => self.episodes[ep].workers.get_mut(&id).map(|w| &mut w.agent),
+            Role::Organizer => Some(&mut self.d.episodes[ep].organizer),
+            Role::Worker(id) => self.d.episodes[ep]
+                .workers
+                .get_mut(&id)
+                .map(|w| &mut w.agent),
         }) else {
             return Ok(());
         };
@@ -260,10 +390,10 @@ impl<B: Backend> Run<'_, '_, B> {
             Err(e) => return self.fail(ep, e),
         };
         if matches!(role, Role::Organizer) {
-            self.episodes[ep].context.push_str(&new);
+            self.d.episodes[ep].context.push_str(&new);
         }
         for event in events {
-            if self.episodes[ep].done {
+            if self.d.episodes[ep].done {
                 break;
             }
             self.on_event(ep, role, event)?;
@@ -272,11 +402,11 @@ impl<B: Backend> Run<'_, '_, B> {
     }
 
     fn on_event(&mut self, ep: usize, role: Role, event: Event) -> Result<()> {
-        let step = self.step;
+        let step = self.d.step;
         match (role, event) {
             (Role::Organizer, Event::Fork { id, query, .. }) => self.fork(ep, id, query),
             (Role::Organizer, Event::Join { id, .. }) => {
-                let e = &mut self.episodes[ep];
+                let e = &mut self.d.episodes[ep];
                 e.waiting_on = Some(id);
                 e.events.push(TimelineEvent {
                     kind: EventKind::Join,
@@ -296,7 +426,7 @@ impl<B: Backend> Run<'_, '_, B> {
                 }
             }
             (Role::Organizer, Event::Answer { text, .. }) => {
-                let e = &mut self.episodes[ep];
+                let e = &mut self.d.episodes[ep];
                 e.final_answer = Some(text);
                 e.events.push(TimelineEvent {
                     kind: EventKind::Answer,
@@ -306,7 +436,7 @@ impl<B: Backend> Run<'_, '_, B> {
                 self.end(ep)
             }
             (Role::Worker(id), Event::Return { text, .. }) => {
-                let e = &mut self.episodes[ep];
+                let e = &mut self.d.episodes[ep];
                 let Some(w) = e.workers.get_mut(&id) else {
                     return Ok(());
                 };
@@ -314,7 +444,7 @@ impl<B: Backend> Run<'_, '_, B> {
                 w.agent.end_step = Some(step + 1);
                 let seq = w.agent.seq;
                 self.stop(seq);
-                if self.episodes[ep].waiting_on == Some(id) {
+                if self.d.episodes[ep].waiting_on == Some(id) {
                     self.join(ep, id)?;
                 }
                 Ok(())
@@ -351,9 +481,9 @@ impl<B: Backend> Run<'_, '_, B> {
             self.engine.force_tokens(seq, s)?;
         }
         let parser = StreamParser::worker(&self.cfg.tags, self.cfg.limits.clone())?;
-        self.owner.insert(seq, (ep, Role::Worker(id)));
-        let step = self.step;
-        let e = &mut self.episodes[ep];
+        self.d.owner.insert(seq, (ep, Role::Worker(id)));
+        let step = self.d.step;
+        let e = &mut self.d.episodes[ep];
         e.events.push(TimelineEvent {
             kind: EventKind::Fork,
             worker: Some(id),
@@ -375,12 +505,12 @@ impl<B: Backend> Run<'_, '_, B> {
 
     /// Appends worker `id`'s takeaways and the closing tag to the organizer and resumes it.
     fn join(&mut self, ep: usize, id: u32) -> Result<()> {
-        let step = self.step;
-        if !self.is_live(self.episodes[ep].organizer.seq) {
+        let step = self.d.step;
+        if !self.is_live(self.d.episodes[ep].organizer.seq) {
             // Left pending: the organizer's finish ends the episode.
             return Ok(());
         }
-        let e = &mut self.episodes[ep];
+        let e = &mut self.d.episodes[ep];
         let Some(w) = e.workers.get_mut(&id) else {
             return Ok(());
         };
@@ -400,11 +530,11 @@ impl<B: Backend> Run<'_, '_, B> {
     }
 
     fn on_finish(&mut self, ep: usize, role: Role, reason: FinishReason) -> Result<()> {
-        let step = self.step;
+        let step = self.d.step;
         let scripted = self.scripts.is_some();
         let kv_blocks = self.engine.config().num_blocks;
         let max_positions = self.engine.model().config.max_position_embeddings;
-        let e = &mut self.episodes[ep];
+        let e = &mut self.d.episodes[ep];
         let (who, agent, tokens) = match role {
             Role::Organizer => (
                 Ended::Organizer {
@@ -460,7 +590,7 @@ impl<B: Backend> Run<'_, '_, B> {
         let Some(s) = self.engine.take_finished(seq) else {
             return;
         };
-        let Some(&(ep, role)) = self.owner.get(&seq) else {
+        let Some(&(ep, role)) = self.d.owner.get(&seq) else {
             return;
         };
         if let Some(agent) = self.agent(ep, role) {
@@ -474,14 +604,14 @@ impl<B: Backend> Run<'_, '_, B> {
 
     /// Records a format failure and ends the episode.
     fn fail(&mut self, ep: usize, err: ProtocolError) -> Result<()> {
-        self.episodes[ep].errors.push(err);
+        self.d.episodes[ep].errors.push(err);
         self.end(ep)
     }
 
     /// Ends the episode: every sequence of it stops and frees its blocks.
     fn end(&mut self, ep: usize) -> Result<()> {
-        let step = self.step;
-        let e = &mut self.episodes[ep];
+        let step = self.d.step;
+        let e = &mut self.d.episodes[ep];
         e.done = true;
         e.wall_seconds = e.started.elapsed().as_secs_f64();
         // Every sequence of the episode, running or already ended by the engine.

@@ -136,4 +136,7 @@ pub enum ProtocolError {
     TextWhileAwaitingJoin { id: u32 },
     #[error("executor injected a payload for worker {got} but the parser waits for {expected:?}")]
     UnexpectedInjection { expected: Option<u32>, got: u32 },
+    /// Ended from outside before it finished (a server's client went away, shutdown).
+    #[error("aborted: {why}")]
+    Aborted { why: String },
 }

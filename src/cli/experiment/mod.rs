@@ -156,7 +156,7 @@ impl ExperimentArgs {
 }
 
 /// Every tag an organizer or worker can write, fork indices up to 8: one token each.
-fn tag_tokens() -> Vec<String> {
+pub(super) fn tag_tokens() -> Vec<String> {
     ExecutorConfig::new(9).tag_strings()
 }
 
@@ -575,4 +575,26 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh model today gets the tokenizer the committed model was trained with, so a
+    /// rerun of the experiment reproduces it and the embedded default stays its tokenizer.
+    #[test]
+    fn fresh_tokenizer_is_the_committed_models() {
+        let (_, files, vocab) = crate::model::fresh::tokenizer_with(&tag_tokens()).unwrap();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/asyncthink-products");
+        for (name, bytes) in files {
+            let committed = std::fs::read(dir.join(&name)).unwrap();
+            assert!(
+                committed == bytes,
+                "{name} differs from the committed model's"
+            );
+        }
+        let config = crate::model::Qwen3Config::from_file(&dir.join("config.json")).unwrap();
+        assert_eq!(config.vocab_size, vocab);
+    }
 }

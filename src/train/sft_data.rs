@@ -12,7 +12,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::batch::TrainBatch;
-use crate::tokenizer::chat::render_with_spans;
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 use crate::{Error, Result};
 
@@ -63,9 +62,11 @@ pub fn encode_conversation(
 ) -> Result<SftExample> {
     let opts = ChatTemplateOptions {
         add_generation_prompt: false,
-        enable_thinking: None,
+        ..Default::default()
     };
-    let (text, spans) = render_with_spans(messages, &opts)?;
+    let (text, spans) = tokenizer
+        .chat_template()
+        .render_with_spans(messages, &opts)?;
     if spans.is_empty() {
         return Err(Error::InvalidInput(
             "conversation has no assistant message to train on".into(),

@@ -440,7 +440,7 @@ fn an_organizer_outgrowing_the_kv_cache_is_a_recorded_kv_failure() {
             ],
             &asyncthink::tokenizer::ChatTemplateOptions {
                 add_generation_prompt: true,
-                enable_thinking: None,
+                ..Default::default()
             },
         )
         .unwrap()

@@ -448,6 +448,11 @@ fn every_malformed_request_is_a_400_naming_the_field() {
         ),
         (
             chat,
+            chat_body(json!({"chat_template_kwargs": {"messages": []}})).to_string(),
+            Some("chat_template_kwargs.messages"),
+        ),
+        (
+            chat,
             chat_body(json!({"tools": [{"type": "function"}]})).to_string(),
             Some("tools"),
         ),

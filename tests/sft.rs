@@ -191,3 +191,21 @@ fn forward_only_log_probs_match_the_loss_pass() {
         .fold(0f32, f32::max);
     assert!(worst < 1e-5, "per-token CE vs -log p differ by {worst}");
 }
+
+#[test]
+fn a_message_with_an_unknown_role_is_its_lines_error() {
+    let (_, tok) = ModelSource::Embedded.load(CpuBackend).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.jsonl");
+    let good = r#"{"messages": [{"role": "user", "content": "7*6"}, {"role": "assistant", "content": "42"}]}"#;
+    let bad =
+        r#"{"messages": [{"role": "user", "content": "7*6"}, {"role": "tool", "content": "42"}]}"#;
+    std::fs::write(&path, format!("{good}\n{bad}\n")).unwrap();
+    let err = asyncthink::train::sft_data::load_jsonl(&path, &tok, 256)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.jsonl:2") && err.contains("messages[1]") && err.contains("\"tool\""),
+        "{err}"
+    );
+}

@@ -1,5 +1,6 @@
-//! Our tokenizer wrapper and native chat template against transformers' outputs
-//! (tokenizer.encode/decode and apply_chat_template with Qwen3's Jinja template).
+//! Our tokenizer wrapper and chat templates against transformers' outputs
+//! (tokenizer.encode/decode and apply_chat_template with Qwen3's Jinja template): the native
+//! renderer's text, and `encode_chat`'s ids, which go through the fixture's Jinja template.
 
 mod common;
 
@@ -42,6 +43,7 @@ fn chat_template_matches_transformers() {
         let opts = ChatTemplateOptions {
             add_generation_prompt: c.add_generation_prompt,
             enable_thinking: c.enable_thinking,
+            ..Default::default()
         };
         let text = asyncthink::tokenizer::chat::render(&c.messages, &opts).unwrap();
         assert_eq!(text, c.text, "case {i}: rendered text differs");

@@ -126,6 +126,7 @@ fn run_on<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {
             let opts = ChatTemplateOptions {
                 add_generation_prompt: true,
                 enable_thinking: args.no_think.then_some(false),
+                ..Default::default()
             };
             tokenizer.encode_chat(&msgs, &opts)?
         }

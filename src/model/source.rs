@@ -92,7 +92,8 @@ impl ModelSource {
         match self {
             ModelSource::Dir(dir) => {
                 let mut out = Vec::new();
-                for f in TOKENIZER_FILES {
+                // transformers 5 saves the chat template beside the config, not in it.
+                for f in TOKENIZER_FILES.iter().chain(&["chat_template.jinja"]) {
                     let path = dir.join(f);
                     if path.exists() {
                         out.push((

@@ -7,7 +7,7 @@ use super::api::{Content, LogprobsField, Message, PromptField, RequestBody};
 use super::asyncthink_mode::{self, EpisodeJob};
 use super::error::ApiError;
 use crate::engine::SamplingParams;
-use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
+use crate::tokenizer::{ChatMessage, ChatTemplateOptions, RESERVED_KWARGS, Tokenizer};
 
 /// Most choices one request may ask for.
 pub const MAX_N: u64 = 16;
@@ -238,13 +238,19 @@ fn chat_prompt(body: &RequestBody, tokenizer: &Tokenizer) -> Result<Vec<u32>, Ap
         .enumerate()
         .map(|(i, m)| chat_message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    let enable_thinking = match body
-        .chat_template_kwargs
-        .as_ref()
-        .and_then(|k| k.get("enable_thinking"))
+    let mut kwargs = body.chat_template_kwargs.clone().unwrap_or_default();
+    if let Some(k) = kwargs
+        .keys()
+        .find(|k| RESERVED_KWARGS.contains(&k.as_str()))
     {
+        return Err(ApiError::invalid(
+            format!("chat_template_kwargs.{k}"),
+            format!("chat_template_kwargs.{k} is set by the server, not by a kwarg"),
+        ));
+    }
+    let enable_thinking = match kwargs.remove("enable_thinking") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(serde_json::Value::Bool(b)) => Some(b),
         Some(_) => {
             return Err(ApiError::invalid(
                 "chat_template_kwargs.enable_thinking",
@@ -252,9 +258,11 @@ fn chat_prompt(body: &RequestBody, tokenizer: &Tokenizer) -> Result<Vec<u32>, Ap
             ));
         }
     };
+    // Every other kwarg goes to the template, which may read any (as vLLM does).
     let opts = ChatTemplateOptions {
         add_generation_prompt: true,
         enable_thinking,
+        kwargs,
     };
     tokenizer
         .encode_chat(&msgs, &opts)

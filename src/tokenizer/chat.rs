@@ -2,6 +2,8 @@
 //! per message. Like the template shipped with Qwen3, reasoning (`<think>…</think>`) is
 //! kept only for assistant turns after the last user query, and `enable_thinking=false`
 //! pre-fills an empty think block in the generation prompt. Tool calls are not supported.
+//! The fallback for a checkpoint without a `chat_template` (see template.rs), and the
+//! reference its Jinja rendering of Qwen3's template is tested against.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,11 +28,15 @@ impl ChatMessage {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatTemplateOptions {
     pub add_generation_prompt: bool,
     /// None: the template's default (thinking allowed); Some(false) adds the empty think block.
     pub enable_thinking: Option<bool>,
+    /// Other `chat_template_kwargs`, globals of a Jinja template (which may read any of
+    /// them); the native renderer has no use for them. `enable_thinking` above wins over
+    /// a key of the same name here.
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for ChatTemplateOptions {
@@ -38,6 +44,7 @@ impl Default for ChatTemplateOptions {
         ChatTemplateOptions {
             add_generation_prompt: true,
             enable_thinking: None,
+            kwargs: serde_json::Map::new(),
         }
     }
 }
@@ -160,6 +167,7 @@ mod tests {
             &ChatTemplateOptions {
                 add_generation_prompt: true,
                 enable_thinking: Some(false),
+                ..Default::default()
             },
         )
         .unwrap();
@@ -178,7 +186,7 @@ mod tests {
             &msgs,
             &ChatTemplateOptions {
                 add_generation_prompt: false,
-                enable_thinking: None,
+                ..Default::default()
             },
         )
         .unwrap();

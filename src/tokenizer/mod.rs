@@ -1,8 +1,12 @@
-//! tokenizer.json through the `tokenizers` crate, plus what Qwen3 adds around it: the
-//! chat template and the end-of-sequence ids from generation_config.json.
+//! tokenizer.json through the `tokenizers` crate, plus what a checkpoint adds around it:
+//! its chat template and the end-of-sequence ids from generation_config.json.
 
 pub mod chat;
 mod incremental;
+mod template;
+mod template_env;
+mod template_json;
+mod template_spans;
 
 use std::path::Path;
 
@@ -10,8 +14,9 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
-pub use chat::{ChatMessage, ChatTemplateOptions};
+pub use chat::{AssistantSpan, ChatMessage, ChatTemplateOptions};
 pub use incremental::IncrementalDecoder;
+pub use template::{ChatTemplate, RESERVED_KWARGS};
 
 /// A token's [start, end) byte offsets in the encoded text.
 pub type ByteRange = (usize, usize);
@@ -21,16 +26,30 @@ pub struct Tokenizer {
     /// Ids that end generation: generation_config.json's eos_token_id when present,
     /// else tokenizer_config.json's eos_token, else Qwen's `<|im_end|>`/`<|endoftext|>`.
     pub eos_ids: Vec<u32>,
+    chat_template: ChatTemplate,
 }
 
 impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        Self::from_parts(
+        let config_path = dir.join("tokenizer_config.json");
+        let config = read_json(&config_path)?;
+        let jinja_path = dir.join("chat_template.jinja");
+        let chat_template = match std::fs::read_to_string(&jinja_path) {
+            Ok(text) => {
+                ChatTemplate::from_source(text, &jinja_path.display().to_string(), config.as_ref())?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ChatTemplate::from_config(config.as_ref(), &config_path.display().to_string())?
+            }
+            Err(e) => return Err(Error::io(&jinja_path, e)),
+        };
+        Self::with_template(
             &bytes,
             read_json(&dir.join("generation_config.json"))?,
-            read_json(&dir.join("tokenizer_config.json"))?,
+            config,
+            chat_template,
         )
         .map_err(|e| match e {
             Error::Tokenizer(m) => Error::Tokenizer(format!("{}: {m}", path.display())),
@@ -38,11 +57,28 @@ impl Tokenizer {
         })
     }
 
-    /// `tokenizer_json` is the file's bytes; the configs are optional parsed JSON.
+    /// `tokenizer_json` is the file's bytes; the configs are optional parsed JSON (the
+    /// chat template is tokenizer_config's).
     pub fn from_parts(
         tokenizer_json: &[u8],
         generation_config: Option<Value>,
         tokenizer_config: Option<Value>,
+    ) -> Result<Self> {
+        let chat_template =
+            ChatTemplate::from_config(tokenizer_config.as_ref(), "tokenizer_config.json")?;
+        Self::with_template(
+            tokenizer_json,
+            generation_config,
+            tokenizer_config,
+            chat_template,
+        )
+    }
+
+    fn with_template(
+        tokenizer_json: &[u8],
+        generation_config: Option<Value>,
+        tokenizer_config: Option<Value>,
+        chat_template: ChatTemplate,
     ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
@@ -80,7 +116,11 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(Tokenizer { inner, eos_ids })
+        Ok(Tokenizer {
+            inner,
+            eos_ids,
+            chat_template,
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -157,13 +197,18 @@ impl Tokenizer {
         self.eos_ids.contains(&id)
     }
 
-    /// Renders messages with Qwen3's chat template and tokenizes the result.
+    /// The checkpoint's chat template (or the built-in Qwen3 one).
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat_template
+    }
+
+    /// Renders messages with the chat template and tokenizes the result.
     pub fn encode_chat(
         &self,
         messages: &[ChatMessage],
         opts: &ChatTemplateOptions,
     ) -> Result<Vec<u32>> {
-        self.encode(&chat::render(messages, opts)?)
+        self.encode(&self.chat_template.render(messages, opts)?)
     }
 }
 

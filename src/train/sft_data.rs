@@ -12,7 +12,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::batch::TrainBatch;
-use crate::tokenizer::chat::render_with_spans;
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 use crate::{Error, Result};
 
@@ -63,9 +62,11 @@ pub fn encode_conversation(
 ) -> Result<SftExample> {
     let opts = ChatTemplateOptions {
         add_generation_prompt: false,
-        enable_thinking: None,
+        ..Default::default()
     };
-    let (text, spans) = render_with_spans(messages, &opts)?;
+    let (text, spans) = tokenizer
+        .chat_template()
+        .render_with_spans(messages, &opts)?;
     if spans.is_empty() {
         return Err(Error::InvalidInput(
             "conversation has no assistant message to train on".into(),
@@ -123,6 +124,19 @@ pub fn load_jsonl(path: &Path, tokenizer: &Tokenizer, max_len: usize) -> Result<
     {
         let at = |msg: String| Error::InvalidInput(format!("{}:{}: {msg}", path.display(), i + 1));
         let parsed: Line = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+        // A checkpoint's Jinja template may skip a role it does not know; in training data
+        // that would drop a turn silently, so a role outside these is this line's error.
+        if let Some((j, m)) = parsed
+            .messages
+            .iter()
+            .enumerate()
+            .find(|(_, m)| !["system", "user", "assistant"].contains(&m.role.as_str()))
+        {
+            return Err(at(format!(
+                "messages[{j}] has role {:?}; expected system, user or assistant",
+                m.role
+            )));
+        }
         let inserted = parsed
             .meta
             .map(|m| m.inserted_byte_spans)

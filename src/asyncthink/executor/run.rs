@@ -214,7 +214,7 @@ fn chat(tokenizer: &Tokenizer, system: &str, user: &str) -> Result<Vec<u32>> {
         &msgs,
         &ChatTemplateOptions {
             add_generation_prompt: true,
-            enable_thinking: None,
+            ..Default::default()
         },
     )
 }

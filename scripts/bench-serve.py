@@ -93,7 +93,7 @@ def run_level(host, port, prompts, max_tokens, concurrency):
     }
 
 
-def offline(binary, prompts, max_tokens, kv_mb, max_num_seqs):
+def offline(binary, prompts, max_tokens, kv_mb, max_num_seqs, model_args):
     with tempfile.TemporaryDirectory() as d:
         inp, out, summ = (os.path.join(d, f) for f in ("in.jsonl", "out.jsonl", "summary.json"))
         with open(inp, "w") as f:
@@ -101,7 +101,7 @@ def offline(binary, prompts, max_tokens, kv_mb, max_num_seqs):
                 f.write(json.dumps({"prompt_ids": p}) + "\n")
         subprocess.run([binary, "batch", "--input", inp, "--output", out, "--summary", summ,
                         "--max-new-tokens", str(max_tokens), "--ignore-eos", "--kv-cache-mb", str(kv_mb),
-                        "--max-num-seqs", str(max_num_seqs)],
+                        "--max-num-seqs", str(max_num_seqs)] + model_args,
                        check=True, stderr=subprocess.DEVNULL)
         with open(summ) as f:
             return json.load(f)
@@ -116,11 +116,13 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--kv-cache-mb", type=int, default=64)
+    ap.add_argument("--model", help="a checkpoint directory (default: the embedded model)")
     a = ap.parse_args()
+    model_args = ["--model", a.model] if a.model else []
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 500) for _ in range(a.prompt_len)] for _ in range(a.requests)]
 
-    server = subprocess.Popen([a.bin, "serve", "--port", "0", "--kv-cache-mb", str(a.kv_cache_mb)],
+    server = subprocess.Popen([a.bin, "serve", "--port", "0", "--kv-cache-mb", str(a.kv_cache_mb)] + model_args,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = server.stdout.readline()
     host, port = line.strip().removeprefix("listening on http://").rsplit(":", 1)
@@ -133,14 +135,14 @@ def main():
     top = int(a.levels.split(",")[-1])
     # Offline with the engine's default width (64 sequences), and capped at the highest
     # served concurrency (the same batch width the server could reach).
-    off = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb, 64)
-    off_capped = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb, top)
+    off = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb, 64, model_args)
+    off_capped = offline(a.bin, prompts, a.max_tokens, a.kv_cache_mb, top, model_args)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     result = {
         "machine": {"cpu": cpu, "cores": os.cpu_count()},
         "commit": commit,
-        "model": "embedded:tiny-gqa4-tied",
+        "model": a.model or "embedded:asyncthink-products",
         "workload": {"requests": a.requests, "prompt_tokens": a.prompt_len, "max_tokens": a.max_tokens},
         "served": levels,
         "offline_output_tokens_per_second": off["output_tokens_per_second"],

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod asyncthink_mode;
 mod auth;
+mod coalesce;
 pub mod engine_loop;
 pub mod episodes;
 pub mod error;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::coalesce::merge_waiting;
 use super::engine_loop::{Event, Update};
 use super::episodes::EpisodeUpdate;
 use super::reasoning::ReasoningSplitter;
@@ -78,11 +79,16 @@ async fn pump(
             return;
         }
     }
+    let mut held = None;
     loop {
-        let ev = tokio::select! {
-            ev = events.recv() => ev,
-            () = tx.closed() => return,
+        let ev = match held.take() {
+            Some(ev) => Some(ev),
+            None => tokio::select! {
+                ev = events.recv() => ev,
+                () = tx.closed() => return,
+            },
         };
+        let ev = ev.map(|first| merge_waiting(first, &mut events, &mut held));
         let u: Update = match ev {
             None => break,
             Some(Event::Update(u)) => u,

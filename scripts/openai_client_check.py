@@ -114,6 +114,17 @@ def _():
     assert len(lps) == 12 and all(t.logprob <= 0 for t in lps)
     r = cmpl(logprobs=0)
     assert len(r.choices[0].logprobs.token_logprobs) == 12
+    # Top alternatives: two per position, sorted, the chosen token's no better than the first.
+    r = chat(logprobs=True, top_logprobs=2)
+    for t in r.choices[0].logprobs.content:
+        tops = [a.logprob for a in t.top_logprobs]
+        assert len(tops) == 2 and tops[0] >= tops[1] and t.logprob <= tops[0], t
+        assert all(isinstance(a.token, str) and a.bytes is not None for a in t.top_logprobs), t
+    r = cmpl(logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.top_logprobs) == 12, lp
+    for d, chosen in zip(lp.top_logprobs, lp.token_logprobs):
+        assert 1 <= len(d) <= 2 and max(d.values()) >= chosen, (d, chosen)
 
 
 @check("the AsyncThink mode through extra_body, whole and streamed")

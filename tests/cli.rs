@@ -197,6 +197,8 @@ fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
         r#"{"id": "bad-param", "prompt": "x", "sampling": {"top_p": 0}}"#,
         r#"{"id": "too-long", "prompt_ids": [LONG]}"#,
         r#"{"id": "z", "prompt_ids": [1, 2, 3], "sampling": {"max_new_tokens": 5, "ignore_eos": true}}"#,
+        r#"{"id": "tops", "prompt_ids": [1, 2, 3], "sampling": {"max_new_tokens": 3, "ignore_eos": true, "top_logprobs": 2}}"#,
+        r#"{"id": "bad-tops", "prompt": "x", "sampling": {"top_logprobs": 21}}"#,
     ];
     let long = (0..1100)
         .map(|i| (i % 400).to_string())
@@ -224,7 +226,7 @@ fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(results.len(), 7);
+    assert_eq!(results.len(), 9);
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r["index"], i);
     }
@@ -247,8 +249,30 @@ fn batch_keeps_order_and_ids_and_reports_bad_lines_per_request() {
             .contains("max_position_embeddings")
     );
     assert_eq!(results[6]["token_ids"].as_array().unwrap().len(), 5);
+    assert!(
+        results[6].get("top_logprobs").is_none(),
+        "none asked: {}",
+        results[6]
+    );
+    // Greedy with 2 alternatives: per token, the chosen id and log-prob lead its list.
+    let tops = results[7]["top_logprobs"].as_array().unwrap();
+    let ids = results[7]["token_ids"].as_array().unwrap();
+    let lps = results[7]["logprobs"].as_array().unwrap();
+    assert_eq!((tops.len(), ids.len(), lps.len()), (3, 3, 3));
+    for ((t, id), lp) in tops.iter().zip(ids).zip(lps) {
+        let t = t.as_array().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!((&t[0][0], &t[0][1]), (id, lp));
+        assert!(t[0][1].as_f64() >= t[1][1].as_f64());
+    }
+    assert!(
+        results[8]["error"]
+            .as_str()
+            .unwrap()
+            .contains("top_logprobs")
+    );
     let summary = String::from_utf8_lossy(&out.stderr);
-    assert!(summary.contains("7 requests (4 failed)"), "{summary}");
+    assert!(summary.contains("9 requests (5 failed)"), "{summary}");
 }
 
 /// The README's main command, shortened: every stage of the pipeline runs and writes its

@@ -319,6 +319,54 @@ fn non_finite_rows_are_reported_by_row_and_first_token() {
     assert_eq!(got[0], Err(NonFinite { token: 0 }));
 }
 
+/// Rows asking for top alternatives get exactly the host's (the device path copies those
+/// rows' bf16 logits to the host and ranks them with the same code); other rows get none.
+#[test]
+#[cfg_attr(
+    asyncthink_no_gpu,
+    ignore = "no CUDA driver where this was built; `-- --include-ignored` runs it"
+)]
+fn top_alternatives_match_the_host_per_asking_row() {
+    let Some(be) = gpu("select_tokens top_logprobs") else {
+        return;
+    };
+    for vocab in [1000usize, 151_936] {
+        let logits = rand_bf16(3 * vocab, 43, 4.0);
+        let lt = be.tensor_from_host(&logits, 3, vocab).unwrap();
+        let ps = [
+            SamplingParams {
+                top_logprobs: 5,
+                ..params(0.0)
+            },
+            params(1.0),
+            SamplingParams {
+                top_logprobs: 20,
+                seed: 3,
+                ..params(0.8)
+            },
+        ];
+        let choices: Vec<TokenChoice> = ps
+            .iter()
+            .map(|p| TokenChoice {
+                params: p,
+                step: 2,
+                history: &[],
+                forced: None,
+            })
+            .collect();
+        let got = finite(be.select_tokens(&lt, &choices).unwrap());
+        let want = finite(select_on_host(&logits, &choices).unwrap());
+        assert_eq!(got[0].top, want[0].top, "vocab {vocab}: greedy row");
+        assert_eq!(
+            got[0].token, got[0].top[0].0,
+            "vocab {vocab}: greedy is the top one"
+        );
+        assert!(got[1].top.is_empty(), "vocab {vocab}: row 1 asked for none");
+        assert_eq!(got[2].top, want[2].top, "vocab {vocab}: sampled row");
+        assert_eq!(got[2].top.len(), 20);
+    }
+}
+
 /// The choices of rows known to be finite.
 fn finite(rows: Vec<RowChoice>) -> Vec<Chosen> {
     rows.into_iter().map(|r| r.expect("finite row")).collect()

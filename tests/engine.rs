@@ -337,7 +337,7 @@ fn sampled_tokens_follow_the_draw_counter() {
             history: &seq.tokens[..pos],
             forced: forced.get(n).copied(),
         };
-        let want = select_on_host(row, &[choice]).unwrap()[0].unwrap();
+        let want = select_on_host(row, &[choice]).unwrap().remove(0).unwrap();
         assert_eq!(seq.generated[n], want.token, "token {n}");
         assert!(
             (seq.logprobs[n] - want.logprob).abs() < 1e-4,

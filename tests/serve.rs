@@ -311,6 +311,111 @@ fn n_choices_stop_strings_and_logprobs() {
     assert!(server.wait().unwrap().is_clean());
 }
 
+/// Each chat position's `top_logprobs`: `k` entries, sorted descending, none above 0, and
+/// the chosen token's log-prob no more than the first.
+fn check_chat_tops(content: &[Value], k: usize) {
+    for (i, t) in content.iter().enumerate() {
+        let tops = t["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(tops.len(), k, "position {i}: {t}");
+        let lps: Vec<f64> = tops
+            .iter()
+            .map(|a| a["logprob"].as_f64().unwrap())
+            .collect();
+        assert!(
+            lps.windows(2).all(|w| w[0] >= w[1]),
+            "position {i}: {lps:?}"
+        );
+        assert!(lps[0] <= 0.0);
+        assert!(
+            tops.iter()
+                .all(|a| a["token"].is_string() && a["bytes"].is_array())
+        );
+        assert!(
+            t["logprob"].as_f64().unwrap() <= lps[0],
+            "position {i}: {t}"
+        );
+    }
+}
+
+#[test]
+fn top_logprobs_whole_streamed_and_completions() {
+    let mut server = start(config());
+    let addr = server.addr();
+    // Sampled, so a chosen token is not always the most likely one.
+    let body =
+        chat_body(json!({"logprobs": true, "top_logprobs": 3, "temperature": 1.0, "seed": 5}));
+    let whole = post(addr, "/v1/chat/completions", &body).json();
+    let content = whole["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(content.len(), 12);
+    check_chat_tops(&content, 3);
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let s = chunks(&post(addr, "/v1/chat/completions", &sbody));
+    let streamed: Vec<Value> = s
+        .iter()
+        .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+        .flat_map(|ch| {
+            ch["logprobs"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        streamed, content,
+        "a seeded stream carries the same alternatives"
+    );
+
+    // Completions: a {text: logprob} dict per position; two ids may decode alike and share
+    // a key, so a dict has 1 or 2 entries, the best no less than the chosen token's.
+    let c = post(
+        addr,
+        "/v1/completions",
+        &completion_body(json!({"logprobs": 2})),
+    )
+    .json();
+    let lps = &c["choices"][0]["logprobs"];
+    let tops = lps["top_logprobs"].as_array().unwrap();
+    let chosen = lps["token_logprobs"].as_array().unwrap();
+    assert_eq!(tops.len(), 12);
+    for (d, lp) in tops.iter().zip(chosen) {
+        let d = d.as_object().unwrap();
+        assert!((1..=2).contains(&d.len()), "{d:?}");
+        let best = d
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        // Greedy: the chosen token is the best alternative.
+        assert_eq!(best, lp.as_f64().unwrap(), "{d:?}");
+    }
+    let streamed_tops: usize = chunks(&post(
+        addr,
+        "/v1/completions",
+        &completion_body(json!({"logprobs": 2, "stream": true})),
+    ))
+    .iter()
+    .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+    .map(|ch| {
+        ch["logprobs"]["top_logprobs"]
+            .as_array()
+            .map_or(0, Vec::len)
+    })
+    .sum();
+    assert_eq!(streamed_tops, 12);
+    let none = post(
+        addr,
+        "/v1/completions",
+        &completion_body(json!({"logprobs": 0})),
+    )
+    .json();
+    assert!(none["choices"][0]["logprobs"]["top_logprobs"].is_null());
+    server.shutdown();
+    assert!(server.wait().unwrap().is_clean());
+}
+
 #[test]
 fn every_malformed_request_is_a_400_naming_the_field() {
     let mut server = start(config());
@@ -438,7 +543,17 @@ fn every_malformed_request_is_a_400_naming_the_field() {
         ),
         (
             chat,
-            chat_body(json!({"logprobs": true, "top_logprobs": 2})).to_string(),
+            chat_body(json!({"logprobs": true, "top_logprobs": 21})).to_string(),
+            Some("top_logprobs"),
+        ),
+        (
+            chat,
+            chat_body(json!({"logprobs": true, "top_logprobs": -1})).to_string(),
+            Some("top_logprobs"),
+        ),
+        (
+            chat,
+            chat_body(json!({"top_logprobs": 2})).to_string(),
             Some("top_logprobs"),
         ),
         (
@@ -538,7 +653,12 @@ fn every_malformed_request_is_a_400_naming_the_field() {
         ),
         (
             cmpl,
-            json!({"prompt": "x", "logprobs": 5}).to_string(),
+            json!({"prompt": "x", "logprobs": 21}).to_string(),
+            Some("logprobs"),
+        ),
+        (
+            cmpl,
+            json!({"prompt": "x", "logprobs": -1}).to_string(),
             Some("logprobs"),
         ),
         (

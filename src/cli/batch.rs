@@ -3,7 +3,9 @@
 //! Each input line is `{"id": any, "prompt": "..."}` or `{"messages": [...]}` or
 //! `{"prompt_ids": [...]}`, with an optional `"sampling": {...}` object (the fields of
 //! `SamplingParams`). Output lines keep input order and ids; a bad line or a request the
-//! engine refuses gets an `"error"` of its own while the others complete.
+//! engine refuses gets an `"error"` of its own while the others complete. A line whose
+//! sampling asks for `top_logprobs: k` also gets, per output token, its `logprobs` and its
+//! `top_logprobs` (k `[token_id, logprob]` pairs, most likely first).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -216,6 +218,12 @@ fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {
             }
             slot["text"] = json!(seq.output_text(&tokenizer)?);
             slot["token_ids"] = json!(seq.output_ids());
+            if seq.params.top_logprobs > 0 {
+                // Index-aligned with the output ids (a final eos is not among them).
+                let n = seq.output_ids().len();
+                slot["logprobs"] = json!(seq.logprobs[..n]);
+                slot["top_logprobs"] = json!(seq.top_logprobs[..n]);
+            }
             slot["finish_reason"] = json!(seq.finish_reason);
             slot["prompt_tokens"] = json!(seq.prompt_len);
             slot["cached_prompt_tokens"] = json!(seq.cached_prompt_tokens);

@@ -81,6 +81,7 @@ impl SamplingArgs {
             max_new_tokens: self.max_new_tokens,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            top_logprobs: 0,
         }
     }
 }

@@ -212,6 +212,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         child.tokens = p.tokens.clone();
         child.generated = p.generated.clone();
         child.logprobs = p.logprobs.clone();
+        child.top_logprobs = p.top_logprobs.clone();
         child.generated_positions = p.generated_positions.clone();
         child.num_computed = p.num_computed;
         child.block_table = p.block_table.clone();
@@ -411,6 +412,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             s.tokens.push(token);
             s.generated.push(token);
             s.logprobs.push(c.logprob);
+            s.top_logprobs.push(c.top);
             self.stats.generated_tokens += 1;
             let finish = s.stop_reason(&self.eos, max_positions, self.tokenizer)?;
             if let Some(reason) = &finish {

@@ -30,7 +30,14 @@ pub struct SamplingParams {
     /// Generation stops once the output text contains one of these; it is cut before it.
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// How many top alternatives (token, log-prob) to record per generated token, at most
+    /// `MAX_TOP_LOGPROBS`; 0 records none. They come from the same distribution as the
+    /// chosen token's log-prob (see `Chosen`).
+    pub top_logprobs: usize,
 }
+
+/// The most alternatives a token may ask for: OpenAI's and vLLM's cap on `top_logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -44,6 +51,7 @@ impl Default for SamplingParams {
             max_new_tokens: 64,
             stop: Vec::new(),
             ignore_eos: false,
+            top_logprobs: 0,
         }
     }
 }
@@ -75,6 +83,12 @@ impl SamplingParams {
         }
         if self.stop.iter().any(String::is_empty) {
             return bad("stop strings must not be empty".into());
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return bad(format!(
+                "top_logprobs must be in 0..={MAX_TOP_LOGPROBS}, got {}",
+                self.top_logprobs
+            ));
         }
         Ok(())
     }
@@ -156,10 +170,14 @@ pub struct TokenChoice<'a> {
 
 /// The token picked for a row and log softmax(raw logits)[token] (temperature 1, before
 /// penalty and filtering).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Chosen {
     pub token: u32,
     pub logprob: f32,
+    /// The row's `params.top_logprobs` most likely tokens under that same raw distribution
+    /// (what vLLM returns by default: the model's log-probs, not the sampler's filtered
+    /// ones), by log-prob descending, ties by lower id. Empty when none were asked for.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// A row of raw logits holding a NaN or an infinity: no token can be chosen from it, and the
@@ -246,6 +264,7 @@ pub fn select_on_host(logits: &[f32], rows: &[TokenChoice<'_>]) -> Result<Vec<Ro
             Ok(Ok(Chosen {
                 token,
                 logprob: log_prob(row, token),
+                top: top_log_probs(row, c.params.top_logprobs),
             }))
         })
         .collect()
@@ -264,9 +283,40 @@ pub fn penalty_tokens(history: &[u32], vocab: usize) -> Vec<u32> {
 
 /// log softmax(logits)[token], in f64 internally so it rounds once.
 pub fn log_prob(logits: &[f32], token: u32) -> f32 {
+    (logits[token as usize] as f64 - log_sum_exp(logits)) as f32
+}
+
+/// log Σ exp(logits), in f64 (max-shifted).
+fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    (logits[token as usize] as f64 - max - sum.ln()) as f32
+    max + sum.ln()
+}
+
+/// The `k` most likely tokens of log softmax(logits) with their log-probs, by log-prob
+/// descending and ties by lower id. Each value is computed as `log_prob` computes it, so the
+/// chosen token's entry equals its `Chosen::logprob` exactly.
+pub fn top_log_probs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(logits.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    // Ordering by logit is ordering by log-prob (a shift by the same normaliser).
+    let by_logit_desc = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    if k < ids.len() {
+        ids.select_nth_unstable_by(k - 1, by_logit_desc);
+        ids.truncate(k);
+    }
+    ids.sort_unstable_by(by_logit_desc);
+    let lse = log_sum_exp(logits);
+    ids.into_iter()
+        .map(|t| (t, (logits[t as usize] as f64 - lse) as f32))
+        .collect()
 }
 
 /// First index of the maximum, as torch.argmax breaks ties.
@@ -573,6 +623,83 @@ mod tests {
         assert_eq!(got[2], Err(NonFinite { token: 1 }));
         assert!(select_on_host(&logits[..11], &rows).is_err());
         assert!(select_on_host(&[], &[]).unwrap().is_empty());
+    }
+
+    /// Log-softmax of every token then a full sort (log-prob descending, id ascending): the
+    /// plain reference `top_log_probs` is checked against.
+    fn naive_top(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+        let mut all: Vec<(u32, f32)> = (0..logits.len() as u32)
+            .map(|t| (t, log_prob(logits, t)))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    #[test]
+    fn top_log_probs_equal_a_naive_sort_of_random_logits() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for vocab in [1usize, 5, 64, 500] {
+            let logits: Vec<f32> = (0..vocab).map(|_| rng.random_range(-8.0..8.0)).collect();
+            for k in [0, 1, 3, 20] {
+                let got = top_log_probs(&logits, k);
+                assert_eq!(got, naive_top(&logits, k), "vocab {vocab} k {k}");
+                assert_eq!(got.len(), k.min(vocab));
+            }
+        }
+    }
+
+    #[test]
+    fn top_log_probs_break_ties_by_lower_id() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, 2.0, 3.0];
+        let ids: Vec<u32> = top_log_probs(&logits, 4).iter().map(|t| t.0).collect();
+        assert_eq!(ids, vec![1, 3, 5, 2]);
+    }
+
+    #[test]
+    fn selection_records_alternatives_holding_the_chosen_log_prob() {
+        let vocab = 41;
+        let logits: Vec<f32> = (0..vocab).map(|i| (i as f32 * 1.37).cos() * 5.0).collect();
+        let p = SamplingParams {
+            top_logprobs: 5,
+            seed: 9,
+            ..params(1.0)
+        };
+        for step in 0..16 {
+            let got = chosen(&logits, &[choice(&p, step, None)]).unwrap();
+            let c = &got[0];
+            assert_eq!(c.top, naive_top(&logits, 5), "step {step}");
+            // Alternatives are the raw distribution's: the chosen token, when among them,
+            // carries exactly its own log-prob.
+            if let Some(&(_, lp)) = c.top.iter().find(|t| t.0 == c.token) {
+                assert_eq!(lp, c.logprob, "step {step}");
+            }
+            assert!(c.logprob <= c.top[0].1);
+        }
+        // Greedy picks the top alternative itself; none asked for gives none.
+        let g = SamplingParams {
+            top_logprobs: 2,
+            ..params(0.0)
+        };
+        let got = chosen(&logits, &[choice(&g, 0, None)]).unwrap();
+        assert_eq!((got[0].token, got[0].logprob), got[0].top[0]);
+        let none = chosen(&logits, &[choice(&params(0.0), 0, None)]).unwrap();
+        assert!(none[0].top.is_empty());
+    }
+
+    #[test]
+    fn top_logprobs_over_the_cap_is_refused_by_name() {
+        let p = SamplingParams {
+            top_logprobs: MAX_TOP_LOGPROBS + 1,
+            ..params(0.0)
+        };
+        assert!(matches!(p.validate(), Err(Error::InvalidInput(m)) if m.contains("top_logprobs")));
+        let ok = SamplingParams {
+            top_logprobs: MAX_TOP_LOGPROBS,
+            ..params(0.0)
+        };
+        assert!(ok.validate().is_ok());
     }
 
     /// `select_on_host` on rows known to be finite.

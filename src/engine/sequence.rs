@@ -42,6 +42,10 @@ pub struct Sequence {
     /// log p of each generated token under the model (temperature 1, before any
     /// filtering): what a policy-gradient trainer recomputes and compares against.
     pub logprobs: Vec<f32>,
+    /// Beside each entry of `logprobs`: the `params.top_logprobs` most likely tokens and their
+    /// log-probs under that same distribution (empty when none were asked for; an empty Vec
+    /// does not allocate, so the two stay index-aligned at no cost).
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     /// Where each generated token sits in `tokens` (injected tokens fall between them).
     pub generated_positions: Vec<usize>,
     /// Tokens to emit instead of sampling, in order (a scripted policy replaying a text
@@ -77,6 +81,7 @@ impl Sequence {
             tokens: prompt,
             generated: Vec::new(),
             logprobs: Vec::new(),
+            top_logprobs: Vec::new(),
             generated_positions: Vec::new(),
             forced: Default::default(),
             num_computed: 0,

@@ -28,8 +28,17 @@ pub struct Update {
     /// Text safe to send (never past a stop string).
     pub text: String,
     /// Tokens sampled this step with their log-probs (a final eos is left out).
-    pub tokens: Vec<(u32, f32)>,
+    pub tokens: Vec<TokenLogprob>,
     pub finish: Option<FinishReason>,
+}
+
+/// One sampled token as a response reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The request's top alternatives (`Sequence::top_logprobs`); empty when it asked for none.
+    pub top: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -401,7 +410,11 @@ impl<B: Backend> Loop<'_, '_, B> {
                 }
                 choice.last_token = Some(now);
                 if out.finish != Some(FinishReason::Eos) {
-                    tokens.push((t, seq.logprobs.last().copied().unwrap_or(0.0)));
+                    tokens.push(TokenLogprob {
+                        id: t,
+                        logprob: seq.logprobs.last().copied().unwrap_or(0.0),
+                        top: seq.top_logprobs.last().cloned().unwrap_or_default(),
+                    });
                 }
             }
             // A decoding failure is this request's alone: it ends with the error and the

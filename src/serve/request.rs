@@ -7,6 +7,7 @@ use super::api::{Content, LogprobsField, Message, PromptField, RequestBody};
 use super::asyncthink_mode::{self, EpisodeJob};
 use super::error::ApiError;
 use crate::engine::SamplingParams;
+use crate::engine::sampling::MAX_TOP_LOGPROBS;
 use crate::tokenizer::{ChatMessage, ChatTemplateOptions, RESERVED_KWARGS, Tokenizer};
 
 /// Most choices one request may ask for.
@@ -35,7 +36,8 @@ pub struct Prepared {
     pub choices: Vec<SamplingParams>,
     pub stream: bool,
     pub include_usage: bool,
-    pub logprobs: bool,
+    /// Whether each token's log-prob is returned, and with how many top alternatives.
+    pub logprobs: Option<usize>,
     pub return_token_ids: bool,
     /// Set when the request asked for the AsyncThink mode: `prompt` is then the organizer's
     /// and each choice is one episode.
@@ -67,7 +69,7 @@ pub fn prepare(
             choices: vec![base; job.n],
             stream: body.stream.unwrap_or(false),
             include_usage: include_usage(&body),
-            logprobs: false,
+            logprobs: None,
             return_token_ids: false,
             asyncthink: Some(job),
         });
@@ -134,7 +136,11 @@ pub fn prepare(
         None if endpoint == Endpoint::Completions => 16.min(room),
         None => room,
     };
-    let base = sampling(&body, max_new_tokens)?;
+    let logprobs = logprobs(&body, endpoint)?;
+    let base = SamplingParams {
+        top_logprobs: logprobs.unwrap_or(0),
+        ..sampling(&body, max_new_tokens)?
+    };
     let n = choice_count(&body)?;
     let seed = request_seed(&body);
     let choices = (0..n as u64)
@@ -148,7 +154,7 @@ pub fn prepare(
         choices,
         stream: body.stream.unwrap_or(false),
         include_usage: include_usage(&body),
-        logprobs: logprobs(&body, endpoint)?,
+        logprobs,
         return_token_ids: body.return_token_ids.unwrap_or(false),
         asyncthink: None,
     })
@@ -380,6 +386,8 @@ pub(super) fn sampling(
         max_new_tokens,
         stop,
         ignore_eos: body.ignore_eos.unwrap_or(false),
+        // Set by `prepare` from the endpoint's log-prob fields.
+        top_logprobs: 0,
     };
     params
         .validate()
@@ -387,43 +395,50 @@ pub(super) fn sampling(
     Ok(params)
 }
 
-/// Whether each token's log-prob is returned. Top alternatives are not: the engine hands
-/// back only the chosen token's log-prob, so asking for them is a 400.
-fn logprobs(body: &RequestBody, endpoint: Endpoint) -> Result<bool, ApiError> {
-    let top = |field: &str, k: u64| {
-        if k > 0 {
-            Err(ApiError::invalid(
-                field,
-                format!(
-                    "{field} = {k}: top alternatives are not supported (only the chosen token's log-prob); use 0"
-                ),
-            ))
-        } else {
-            Ok(())
-        }
-    };
+/// Whether each token's log-prob is returned (`Some`) and how many top alternatives go with
+/// it. Both endpoints allow up to `MAX_TOP_LOGPROBS` (20) alternatives: OpenAI's chat cap, and
+/// vLLM's for completions too (OpenAI's legacy completions stopped at 5).
+fn logprobs(body: &RequestBody, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
     match (endpoint, &body.logprobs) {
-        (_, None) => {
-            if let Some(k) = body.top_logprobs {
-                top("top_logprobs", k)?;
+        (Endpoint::Chat, flag) => {
+            let on = match flag {
+                None | Some(LogprobsField::Flag(false)) => false,
+                Some(LogprobsField::Flag(true)) => true,
+                Some(LogprobsField::Count(_)) => {
+                    return Err(ApiError::invalid(
+                        "logprobs",
+                        "logprobs must be a boolean on /v1/chat/completions (top_logprobs gives the count)",
+                    ));
+                }
+            };
+            let k = top_count("top_logprobs", body.top_logprobs.unwrap_or(0))?;
+            if k > 0 && !on {
+                // As OpenAI and vLLM: alternatives come only with the log-probs they extend.
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("top_logprobs = {k} needs logprobs: true"),
+                ));
             }
-            Ok(false)
+            Ok(on.then_some(k))
         }
-        (Endpoint::Chat, Some(LogprobsField::Flag(b))) => {
-            top("top_logprobs", body.top_logprobs.unwrap_or(0))?;
-            Ok(*b)
-        }
+        (Endpoint::Completions, None) => Ok(None),
         (Endpoint::Completions, Some(LogprobsField::Count(k))) => {
-            top("logprobs", *k)?;
-            Ok(true)
+            Ok(Some(top_count("logprobs", *k)?))
         }
-        (Endpoint::Chat, Some(LogprobsField::Count(_))) => Err(ApiError::invalid(
-            "logprobs",
-            "logprobs must be a boolean on /v1/chat/completions (top_logprobs gives the count)",
-        )),
         (Endpoint::Completions, Some(LogprobsField::Flag(_))) => Err(ApiError::invalid(
             "logprobs",
             "logprobs must be an integer on /v1/completions",
+        )),
+    }
+}
+
+/// A count of top alternatives, checked against the engine's cap.
+fn top_count(field: &str, k: u64) -> Result<usize, ApiError> {
+    match usize::try_from(k) {
+        Ok(k) if k <= MAX_TOP_LOGPROBS => Ok(k),
+        _ => Err(ApiError::invalid(
+            field,
+            format!("{field} must be in 0..={MAX_TOP_LOGPROBS}, got {k}"),
         )),
     }
 }

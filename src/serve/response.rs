@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::engine_loop::TokenLogprob;
 use super::request::{Endpoint, Prepared};
 use crate::asyncthink::executor::EpisodeOutcome;
 use crate::asyncthink::protocol::ProtocolError;
@@ -76,25 +77,27 @@ pub fn usage(prompt: usize, completion: usize) -> Value {
     })
 }
 
-/// Log-probs of `tokens` in the endpoint's shape; `offset` is the text length before them
-/// (completions' `text_offset`).
+/// Log-probs of `tokens` in the endpoint's shape, each with its `top` top alternatives;
+/// `offset` is the text length before them (completions' `text_offset`).
 pub fn logprobs(
     endpoint: Endpoint,
     tokenizer: &Tokenizer,
-    tokens: &[(u32, f32)],
+    tokens: &[TokenLogprob],
+    top: usize,
     offset: usize,
 ) -> Value {
-    let pieces: Vec<String> = tokens
-        .iter()
-        .map(|&(t, _)| tokenizer.decode(&[t], false).unwrap_or_default())
-        .collect();
+    let piece = |t: u32| tokenizer.decode(&[t], false).unwrap_or_default();
+    let pieces: Vec<String> = tokens.iter().map(|t| piece(t.id)).collect();
     match endpoint {
         Endpoint::Chat => json!({
-            "content": pieces.iter().zip(tokens).map(|(p, &(_, lp))| json!({
+            "content": pieces.iter().zip(tokens).map(|(p, t)| json!({
                 "token": p,
-                "logprob": lp,
+                "logprob": t.logprob,
                 "bytes": p.as_bytes(),
-                "top_logprobs": [],
+                "top_logprobs": t.top.iter().map(|&(id, lp)| {
+                    let p = piece(id);
+                    json!({"token": p, "logprob": lp, "bytes": p.as_bytes()})
+                }).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
         Endpoint::Completions => {
@@ -109,12 +112,28 @@ pub fn logprobs(
                 .collect();
             json!({
                 "tokens": pieces,
-                "token_logprobs": tokens.iter().map(|&(_, lp)| lp).collect::<Vec<_>>(),
-                "top_logprobs": null,
+                "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": (top > 0).then(|| completion_tops(tokens, piece)),
                 "text_offset": offsets,
             })
         }
     }
+}
+
+/// Completions' `top_logprobs`: a `{text: logprob}` dict per position. Two ids that decode to
+/// the same text share a key, and the more likely one (listed first) keeps it, as OpenAI's
+/// legacy shape cannot say more.
+fn completion_tops(tokens: &[TokenLogprob], piece: impl Fn(u32) -> String) -> Vec<Value> {
+    tokens
+        .iter()
+        .map(|t| {
+            let mut dict = serde_json::Map::new();
+            for &(id, lp) in &t.top {
+                dict.entry(piece(id)).or_insert(json!(lp));
+            }
+            Value::Object(dict)
+        })
+        .collect()
 }
 
 /// One choice of a whole (non-streaming) response.
@@ -122,7 +141,7 @@ pub fn logprobs(
 pub struct Finished {
     pub text: String,
     pub reasoning: String,
-    pub tokens: Vec<(u32, f32)>,
+    pub tokens: Vec<TokenLogprob>,
     pub finish: Option<FinishReason>,
     /// An AsyncThink choice's episode, once it ended.
     pub episode: Option<Box<EpisodeOutcome>>,
@@ -166,10 +185,9 @@ pub fn whole_body(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let logprobs = if req.logprobs {
-                logprobs(meta.endpoint, tokenizer, &c.tokens, 0)
-            } else {
-                Value::Null
+            let logprobs = match req.logprobs {
+                Some(top) => logprobs(meta.endpoint, tokenizer, &c.tokens, top, 0),
+                None => Value::Null,
             };
             let mut choice = match meta.endpoint {
                 Endpoint::Completions => json!({"index": i, "text": c.text}),
@@ -186,7 +204,7 @@ pub fn whole_body(
                 choice["asyncthink"] = episode_summary(e);
             }
             if req.return_token_ids {
-                choice["token_ids"] = json!(c.tokens.iter().map(|t| t.0).collect::<Vec<_>>());
+                choice["token_ids"] = json!(c.tokens.iter().map(|t| t.id).collect::<Vec<_>>());
             }
             choice
         })

@@ -113,10 +113,9 @@ async fn pump(
             continue;
         }
         st.tokens += u.tokens.len();
-        let lp = if req.logprobs {
-            logprobs(meta.endpoint, &tokenizer, &u.tokens, st.sent)
-        } else {
-            Value::Null
+        let lp = match req.logprobs {
+            Some(top) => logprobs(meta.endpoint, &tokenizer, &u.tokens, top, st.sent),
+            None => Value::Null,
         };
         st.sent += u.text.len();
         let finish = json!(u.finish.as_ref().map(finish_reason));
@@ -137,7 +136,7 @@ async fn pump(
             }
         };
         if req.return_token_ids {
-            choice["token_ids"] = json!(u.tokens.iter().map(|t| t.0).collect::<Vec<_>>());
+            choice["token_ids"] = json!(u.tokens.iter().map(|t| t.id).collect::<Vec<_>>());
         }
         if !send(with_usage(meta.wrap(true, vec![choice]))).await {
             return;

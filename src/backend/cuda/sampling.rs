@@ -2,7 +2,8 @@
 //! `CudaBackend` runs the repetition penalty on f32 copies of the rows that use it, the
 //! sample kernel (forced token, greedy argmax, or seeded temperature/top-k/top-p/min-p whose
 //! draw is `counter_uniform(seed, step)`), and a kernel giving each row's log-sum-exp and the
-//! chosen token's log-prob. Only ids, log-probs and non-finite flags come back to the host, and
+//! chosen token's log-prob. Only ids, log-probs and non-finite flags come back to the host
+//! (plus the logits rows of sequences asking for top alternatives, ranked there), and
 //! `engine::sampling::select_on_host` on the same logits picks the same tokens.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
@@ -11,7 +12,7 @@ use super::device::{CudaBackend, grid};
 use super::ops::{CudaTensor, launch_err, shape_err};
 use crate::Result;
 use crate::engine::sampling::{
-    Chosen, NonFinite, RowChoice, TokenChoice, check_choices, penalty_tokens,
+    Chosen, NonFinite, RowChoice, TokenChoice, check_choices, penalty_tokens, top_log_probs,
 };
 
 /// "None" in the kernels' u32 per-row parameters (kernels/sampling.cu `NO_ROW`).
@@ -151,7 +152,7 @@ impl CudaBackend {
             .stream()
             .clone_dtoh(&result)
             .map_err(|e| shape_err("select_tokens", format!("{e:?}")))?;
-        Ok(host
+        let mut chosen: Vec<RowChoice> = host
             .chunks_exact(3)
             .take(n)
             .map(|c| {
@@ -163,9 +164,42 @@ impl CudaBackend {
                 Ok(Chosen {
                     token: c[0],
                     logprob: f32::from_bits(c[1]),
+                    top: Vec::new(),
                 })
             })
-            .collect())
+            .collect();
+        self.add_top_log_probs(logits, rows, &mut chosen)?;
+        Ok(chosen)
+    }
+
+    /// Fills `Chosen::top` for the rows that ask for alternatives. The sample kernel does not
+    /// rank tokens, so each such row's raw logits (bf16, `vocab` × 2 bytes: ~300 KB for
+    /// Qwen3's vocabulary) are copied to the host and ranked by `top_log_probs`, the host
+    /// sampler's own code. That costs one extra synchronous copy per asking row per step and
+    /// nothing when no row asks; the values are f64 log-softmax of the bf16 logits, so they
+    /// can differ from the kernel's f32 `logprob` of the same token in the last bits.
+    fn add_top_log_probs(
+        &self,
+        logits: &CudaTensor,
+        rows: &[TokenChoice<'_>],
+        chosen: &mut [RowChoice],
+    ) -> Result<()> {
+        let vocab = logits.cols;
+        for (r, (c, out)) in rows.iter().zip(chosen.iter_mut()).enumerate() {
+            let (k, Ok(out)) = (c.params.top_logprobs, out) else {
+                continue;
+            };
+            if k == 0 {
+                continue;
+            }
+            let row = self
+                .stream()
+                .clone_dtoh(&logits.data.slice(r * vocab..(r + 1) * vocab))
+                .map_err(|e| shape_err("select_tokens", format!("{e:?}")))?;
+            let row: Vec<f32> = row.iter().map(|v| v.to_f32()).collect();
+            out.top = top_log_probs(&row, k);
+        }
+        Ok(())
     }
 }
 

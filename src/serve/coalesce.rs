@@ -49,13 +49,17 @@ fn absorb(into: &mut Event, next: Event) -> Option<Event> {
 mod tests {
     use super::*;
     use crate::engine::FinishReason;
-    use crate::serve::engine_loop::Update;
+    use crate::serve::engine_loop::{TokenLogprob, Update};
 
     fn update(index: usize, text: &str, token: u32, finish: Option<FinishReason>) -> Event {
         Event::Update(Update {
             index,
             text: text.into(),
-            tokens: vec![(token, -0.5)],
+            tokens: vec![TokenLogprob {
+                id: token,
+                logprob: -0.5,
+                top: Vec::new(),
+            }],
             finish,
         })
     }
@@ -75,7 +79,7 @@ mod tests {
             panic!("an update");
         };
         assert_eq!(u.text, "abc");
-        assert_eq!(u.tokens.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(u.tokens.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(u.finish, Some(FinishReason::Length));
         // After a finish nothing more is merged: the next event waits its turn.
         assert!(matches!(held, Some(Event::Update(ref d)) if d.text == "d"));

@@ -56,7 +56,16 @@ def one_request(host, port, prompt, max_tokens):
     return ttft, itl, tokens, time.perf_counter() - start
 
 
-def run_level(host, port, prompts, max_tokens, concurrency):
+def cpu_seconds(pid=None):
+    """User + system CPU seconds of this process (all its threads) or of process `pid`."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_level(host, port, prompts, max_tokens, concurrency, server_pid):
     queue = list(prompts)
     lock = threading.Lock()
     ttfts, itls, tokens = [], [], [0]
@@ -74,12 +83,14 @@ def run_level(host, port, prompts, max_tokens, concurrency):
                 tokens[0] += n
 
     began = time.perf_counter()
+    client_cpu, server_cpu = cpu_seconds(), cpu_seconds(server_pid)
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     secs = time.perf_counter() - began
+    client_cpu, server_cpu = cpu_seconds() - client_cpu, cpu_seconds(server_pid) - server_cpu
     return {
         "concurrency": concurrency,
         "requests": len(prompts),
@@ -90,6 +101,10 @@ def run_level(host, port, prompts, max_tokens, concurrency):
         "ttft_p99_ms": 1e3 * pct(ttfts, 99),
         "itl_p50_ms": 1e3 * pct(itls, 50),
         "itl_p99_ms": 1e3 * pct(itls, 99),
+        # On a small machine the clients share the cores with the server: these say how
+        # much of the machine each side took (cores busy on average over the level).
+        "client_cores_busy": client_cpu / secs,
+        "server_cores_busy": server_cpu / secs,
     }
 
 
@@ -128,7 +143,7 @@ def main():
     host, port = line.strip().removeprefix("listening on http://").rsplit(":", 1)
     try:
         one_request(host, int(port), prompts[0], 4)  # warm up
-        levels = [run_level(host, int(port), prompts, a.max_tokens, int(c)) for c in a.levels.split(",")]
+        levels = [run_level(host, int(port), prompts, a.max_tokens, int(c), server.pid) for c in a.levels.split(",")]
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -176,7 +176,8 @@ def check(words, out, cwd):
         if len(res) != len(inp) or any("error" in r or "text" not in r for r in res):
             problems.append(f"batch: {len(res)} outputs for {len(inp)} inputs, or an error line: {res}")
         for q, r in zip(inp, res):
-            want = products_answer(q.get("messages", [{}])[-1].get("content", ""))
+            messages = q.get("messages") or [{}]
+            want = products_answer(str(messages[-1].get("content", "")))
             greedy = q.get("sampling", {}).get("temperature") == 0
             if products_model(words) and want and greedy and f"<RETURN>{want}</RETURN>" not in r.get("text", ""):
                 problems.append(f"batch {q.get('id')}: no <RETURN>{want}</RETURN> in {r.get('text')!r}")
@@ -196,14 +197,18 @@ def products_answer(text):
 
 def curl_content(stdout):
     """The first choice's answer of a chat response, whole or streamed."""
-    if stdout.lstrip().startswith("{"):
-        return json.loads(stdout)["choices"][0]["message"]["content"]
-    content = ""
-    for line in stdout.splitlines():
-        if line.startswith("data: {"):
-            for c in json.loads(line[6:])["choices"]:
-                content += c.get("delta", {}).get("content") or ""
-    return content
+    try:
+        if stdout.lstrip().startswith("{"):
+            choices = json.loads(stdout).get("choices") or [{}]
+            return (choices[0].get("message") or {}).get("content")
+        content = ""
+        for line in stdout.splitlines():
+            if line.startswith("data: {"):
+                for c in json.loads(line[6:]).get("choices") or []:
+                    content += (c.get("delta") or {}).get("content") or ""
+        return content
+    except ValueError as e:  # not JSON: reported as the command's problem, not a crash
+        return f"unreadable response ({e})"
 
 
 def main():

@@ -623,6 +623,24 @@ fn every_malformed_request_is_a_400_naming_the_field() {
         ),
         (
             chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null, "logprobs": 2})).to_string(),
+            Some("logprobs"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null,
+                "chat_template_kwargs": {"enable_thinking": false}}))
+            .to_string(),
+            Some("chat_template_kwargs"),
+        ),
+        (
+            chat,
+            chat_body(json!({"asyncthink": {}, "ignore_eos": null, "max_tokens": 5000}))
+                .to_string(),
+            Some("max_tokens"),
+        ),
+        (
+            chat,
             chat_body(json!({"messages": [{"role": "user", "content": "x".repeat(5000)}]}))
                 .to_string(),
             Some("messages"),

@@ -14,7 +14,8 @@ use crate::tokenizer::{ChatMessage, ChatTemplateOptions, Tokenizer};
 
 /// Most agents one episode may use (organizer included).
 pub const MAX_CAPACITY: u64 = 16;
-/// Defaults as `asyncthink think` has them (capacity: the embedded model's).
+/// Budgets and capacity as `asyncthink think` has them (capacity: the embedded model's);
+/// sampling follows the request and OpenAI's defaults (temperature 1), not `think`'s 0.7.
 const DEFAULT_CAPACITY: u64 = 4;
 const DEFAULT_ORGANIZER_TOKENS: usize = 512;
 const DEFAULT_WORKER_TOKENS: u64 = 256;
@@ -81,7 +82,17 @@ pub fn job(
                 format!("{budget_field} must be at least 1"),
             ));
         }
-        Some(m) => (m as usize).min(room),
+        Some(m) if m as usize > room => {
+            return Err(ApiError::invalid(
+                budget_field,
+                format!(
+                    "this model's maximum context length is {} tokens; the organizer's prompt has {} and {budget_field} asks for {m} more",
+                    info.max_positions,
+                    prompt.len()
+                ),
+            ));
+        }
+        Some(m) => m as usize,
         None => DEFAULT_ORGANIZER_TOKENS.min(room),
     };
     let base = super::request::sampling(body, organizer_tokens)?;
@@ -172,10 +183,22 @@ fn refuse_with_mode(body: &RequestBody) -> Result<(), ApiError> {
     if body.stop.is_some() {
         return refuse("stop", "the organizer ends at its ANSWER tag");
     }
-    if matches!(body.logprobs, Some(super::api::LogprobsField::Flag(true)))
-        || body.top_logprobs.is_some_and(|k| k > 0)
+    if !matches!(
+        body.logprobs,
+        None | Some(super::api::LogprobsField::Flag(false))
+    ) || body.top_logprobs.is_some_and(|k| k > 0)
     {
         return refuse("logprobs", "an episode's tokens come from several agents");
+    }
+    if body
+        .chat_template_kwargs
+        .as_ref()
+        .is_some_and(|k| !k.is_empty())
+    {
+        return refuse(
+            "chat_template_kwargs",
+            "the organizer's and workers' prompts are the executor's own",
+        );
     }
     if body.ignore_eos == Some(true) {
         return refuse("ignore_eos", "the organizer must be able to end");

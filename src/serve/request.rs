@@ -62,7 +62,12 @@ pub fn prepare(
         ));
     }
     refuse_unsupported(&body, endpoint)?;
-    if let Some(field) = body.asyncthink.as_ref().filter(|v| !v.is_null()) {
+    // `null` and `false` mean the plain mode, as leaving the field out does.
+    if let Some(field) = body
+        .asyncthink
+        .as_ref()
+        .filter(|v| !v.is_null() && **v != serde_json::Value::Bool(false))
+    {
         let (job, prompt, base) = asyncthink_mode::job(&body, endpoint, info, tokenizer, field)?;
         return Ok(Prepared {
             prompt,

@@ -60,41 +60,10 @@ pub fn job(
             &ChatTemplateOptions::default(),
         )
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let room = info.max_positions.saturating_sub(prompt.len());
-    if room == 0 {
-        return Err(ApiError::invalid(
-            "messages",
-            format!(
-                "this model's maximum context length is {} tokens; the organizer's prompt has {}",
-                info.max_positions,
-                prompt.len()
-            ),
-        ));
-    }
-    let (budget_field, asked) = match (body.max_completion_tokens, body.max_tokens) {
-        (Some(m), _) => ("max_completion_tokens", Some(m)),
-        (None, m) => ("max_tokens", m),
-    };
-    let organizer_tokens = match asked {
-        Some(0) => {
-            return Err(ApiError::invalid(
-                budget_field,
-                format!("{budget_field} must be at least 1"),
-            ));
-        }
-        Some(m) if m as usize > room => {
-            return Err(ApiError::invalid(
-                budget_field,
-                format!(
-                    "this model's maximum context length is {} tokens; the organizer's prompt has {} and {budget_field} asks for {m} more",
-                    info.max_positions,
-                    prompt.len()
-                ),
-            ));
-        }
-        Some(m) => m as usize,
-        None => DEFAULT_ORGANIZER_TOKENS.min(room),
-    };
+    let organizer_tokens =
+        super::request::token_budget(body, info, prompt.len(), "messages", |room| {
+            DEFAULT_ORGANIZER_TOKENS.min(room)
+        })?;
     let base = super::request::sampling(body, organizer_tokens)?;
     config.organizer = base.clone();
     config.worker = SamplingParams {

@@ -100,47 +100,19 @@ pub fn prepare(
             ),
         ));
     }
-    let room = info.max_positions.saturating_sub(prompt.len());
-    let (field, asked) = match (body.max_completion_tokens, body.max_tokens) {
-        (Some(m), _) => ("max_completion_tokens", Some(m)),
-        (None, m) => ("max_tokens", m),
+    let prompt_field = if endpoint == Endpoint::Chat {
+        "messages"
+    } else {
+        "prompt"
     };
-    if room == 0 {
-        return Err(ApiError::invalid(
-            if endpoint == Endpoint::Chat {
-                "messages"
-            } else {
-                "prompt"
-            },
-            format!(
-                "this model's maximum context length is {} tokens; the prompt has {}",
-                info.max_positions,
-                prompt.len()
-            ),
-        ));
-    }
-    let max_new_tokens = match asked {
-        Some(0) => {
-            return Err(ApiError::invalid(
-                field,
-                format!("{field} must be at least 1"),
-            ));
+    // OpenAI's default for completions is 16 tokens; chat runs to the end of the context.
+    let max_new_tokens = token_budget(&body, info, prompt.len(), prompt_field, |room| {
+        if endpoint == Endpoint::Completions {
+            16.min(room)
+        } else {
+            room
         }
-        Some(m) if m as usize > room => {
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "this model's maximum context length is {} tokens; the prompt has {} and {field} asks for {m} more",
-                    info.max_positions,
-                    prompt.len()
-                ),
-            ));
-        }
-        Some(m) => m as usize,
-        // OpenAI's default for completions; chat runs to the end of the context.
-        None if endpoint == Endpoint::Completions => 16.min(room),
-        None => room,
-    };
+    })?;
     let logprobs = logprobs(&body, endpoint)?;
     let base = SamplingParams {
         top_logprobs: logprobs.unwrap_or(0),
@@ -445,6 +417,46 @@ fn top_count(field: &str, k: u64) -> Result<usize, ApiError> {
             field,
             format!("{field} must be in 0..={MAX_TOP_LOGPROBS}, got {k}"),
         )),
+    }
+}
+
+/// The tokens a choice may generate: `max_completion_tokens` or `max_tokens`, which must fit
+/// the context after the prompt, or `default(room)` when neither is given.
+pub(super) fn token_budget(
+    body: &RequestBody,
+    info: &ModelInfo,
+    prompt_len: usize,
+    prompt_field: &str,
+    default: impl FnOnce(usize) -> usize,
+) -> Result<usize, ApiError> {
+    let room = info.max_positions.saturating_sub(prompt_len);
+    if room == 0 {
+        return Err(ApiError::invalid(
+            prompt_field,
+            format!(
+                "this model's maximum context length is {} tokens; the prompt has {prompt_len}",
+                info.max_positions
+            ),
+        ));
+    }
+    let (field, asked) = match (body.max_completion_tokens, body.max_tokens) {
+        (Some(m), _) => ("max_completion_tokens", Some(m)),
+        (None, m) => ("max_tokens", m),
+    };
+    match asked {
+        Some(0) => Err(ApiError::invalid(
+            field,
+            format!("{field} must be at least 1"),
+        )),
+        Some(m) if m as usize > room => Err(ApiError::invalid(
+            field,
+            format!(
+                "this model's maximum context length is {} tokens; the prompt has {prompt_len} and {field} asks for {m} more",
+                info.max_positions
+            ),
+        )),
+        Some(m) => Ok(m as usize),
+        None => Ok(default(room)),
     }
 }
 

@@ -274,22 +274,10 @@ impl<B: Backend> Loop<'_, '_, B> {
     }
 
     fn drop_disconnected(&mut self) {
-        let gone: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.events.is_closed())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in gone {
+        for id in closed(&self.requests, |r| &r.events) {
             self.end_request(id, Outcome::Disconnected);
         }
-        let gone: Vec<u64> = self
-            .episodes
-            .iter()
-            .filter(|(_, r)| r.events.is_closed())
-            .map(|(&id, _)| id)
-            .collect();
-        for id in gone {
+        for id in closed(&self.episodes, |r| &r.events) {
             self.end_episodes(id, "the client disconnected", Outcome::Disconnected);
         }
     }
@@ -483,6 +471,18 @@ impl<B: Backend> Loop<'_, '_, B> {
         m.generated_tokens = s.generated_tokens;
         m.engine_steps = s.steps;
     }
+}
+
+/// Ids of the requests whose client has gone (its event receiver dropped).
+fn closed<R>(
+    requests: &HashMap<u64, R>,
+    events: impl Fn(&R) -> &mpsc::UnboundedSender<Event>,
+) -> Vec<u64> {
+    requests
+        .iter()
+        .filter(|(_, r)| events(r).is_closed())
+        .map(|(&id, _)| id)
+        .collect()
 }
 
 /// An engine refusal of a request's prompt as the client's 400; anything else is ours.

@@ -123,6 +123,16 @@ fn an_episode_whole_and_streamed_equals_the_executor_offline() {
         metric(&text, "asyncthink_requests_total{outcome=\"completed\"}"),
         2.0
     );
+    // Both requests' organizers sent the same deltas, one gap fewer each than deltas; a
+    // lagging stream may have merged some of them into fewer chunks.
+    let gaps = metric(
+        &text,
+        "asyncthink_episode_inter_token_latency_seconds_count",
+    );
+    assert!(
+        gaps >= 2.0 * (pieces - 1) as f64,
+        "{gaps} gaps for {pieces} chunks"
+    );
     server.shutdown();
     assert!(server.wait().unwrap().is_clean());
 }

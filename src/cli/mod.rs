@@ -223,20 +223,11 @@ impl ModelArgs {
         ModelSource::from_arg(self.model.as_deref())
     }
 
-    /// Process-wide settings every model-running command applies first: CPU threads and
-    /// the load-time weight check.
+    /// Process-wide settings every model-running command applies first: CPU threads (with
+    /// this thread, which drives the engine, in the pool) and the load-time weight check.
     pub fn init_threads(&self) -> Result<()> {
         crate::model::checkpoint::set_weight_check(!self.skip_weight_check);
-        if let Some(n) = self.threads {
-            if n == 0 {
-                return Err(Error::InvalidInput("--threads must be at least 1".into()));
-            }
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()
-                .map_err(|e| Error::InvalidInput(format!("cannot set up {n} threads: {e}")))?;
-        }
-        Ok(())
+        crate::backend::cpu::threads::drive_from_this_thread(self.threads)
     }
 }
 

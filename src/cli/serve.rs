@@ -42,7 +42,12 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    args.model.init_threads()?;
+    // The engine thread, not this one, drives the engine: it joins the pool itself.
+    crate::model::checkpoint::set_weight_check(!args.model.skip_weight_check);
+    let threads = args.model.threads;
+    if threads == Some(0) {
+        return Err(Error::InvalidInput("--threads must be at least 1".into()));
+    }
     if !(args.shutdown_grace.is_finite() && args.shutdown_grace >= 0.0) {
         return Err(Error::InvalidInput(format!(
             "--shutdown-grace must be a number of seconds >= 0, got {}",
@@ -65,6 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let engine = args.engine.clone();
     let server = match args.device {
         Device::Cpu => crate::serve::start(cfg, move || {
+            crate::backend::cpu::threads::drive_from_this_thread(threads)?;
             let (model, tokenizer) = source.load(crate::backend::cpu::CpuBackend)?;
             let engine = engine.config(&model)?;
             Ok(Loaded {
@@ -77,6 +83,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Device::Cuda => {
             let graphs: CudaGraphArgs = args.graphs.clone();
             crate::serve::start(cfg, move || {
+                crate::backend::cpu::threads::drive_from_this_thread(threads)?;
                 let (model, tokenizer) = source.load(graphs.cuda_backend()?)?;
                 let engine = engine.config(&model)?;
                 Ok(Loaded {

@@ -306,14 +306,17 @@ impl<B: Backend> Loop<'_, '_, B> {
             let had_token = r.first_token.is_some();
             match r.advance(self.engine, self.tokenizer, outputs) {
                 Ok(done) => {
+                    let mut m = lock(&self.metrics);
                     if let (false, Some(t)) = (had_token, r.first_token) {
-                        lock(&self.metrics)
-                            .ttft
-                            .observe((t - r.arrived).as_secs_f64());
+                        m.ttft.observe((t - r.arrived).as_secs_f64());
+                    }
+                    for gap in r.take_delta_gaps() {
+                        m.episode_itl.observe(gap);
                     }
                     if done {
+                        m.count(Outcome::Completed);
+                        drop(m);
                         self.episodes.remove(&id);
-                        lock(&self.metrics).count(Outcome::Completed);
                     }
                 }
                 Err(e) => {

@@ -35,6 +35,10 @@ pub struct EpisodeRequest {
     /// Bytes of each episode's organizer text already sent.
     sent: Vec<usize>,
     reported: Vec<bool>,
+    /// When each episode's last delta was sent.
+    last_delta: Vec<Option<Instant>>,
+    /// Gaps between consecutive deltas of one episode since the last `take_delta_gaps`.
+    delta_gaps: Vec<f64>,
 }
 
 impl EpisodeRequest {
@@ -61,6 +65,8 @@ impl EpisodeRequest {
             config: job.config.clone(),
             sent: vec![0; job.n],
             reported: vec![false; job.n],
+            last_delta: vec![None; job.n],
+            delta_gaps: Vec::new(),
         })
     }
 
@@ -103,13 +109,24 @@ impl EpisodeRequest {
         self.driver.episodes().iter().flat_map(|e| e.live_seqs())
     }
 
+    /// The inter-token latencies a streaming client of this request saw since the last call.
+    pub fn take_delta_gaps(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.delta_gaps)
+    }
+
     fn send_updates(&mut self) {
+        let now = Instant::now();
         for (i, e) in self.driver.episodes().iter().enumerate() {
             let text = e.context[self.sent[i]..].to_string();
             let outcome =
                 (e.done && !self.reported[i]).then(|| Box::new(e.outcome(self.config.capacity)));
             if text.is_empty() && outcome.is_none() {
                 continue;
+            }
+            if !text.is_empty() {
+                if let Some(prev) = self.last_delta[i].replace(now) {
+                    self.delta_gaps.push((now - prev).as_secs_f64());
+                }
             }
             self.sent[i] = e.context.len();
             self.reported[i] |= outcome.is_some();

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub engine_steps: u64,
     pub ttft: Histogram,
     pub itl: Histogram,
+    /// Between consecutive streamed deltas of one AsyncThink episode's organizer text.
+    pub episode_itl: Histogram,
     outcomes: BTreeMap<Outcome, u64>,
 }
 
@@ -189,6 +191,11 @@ impl Metrics {
             &mut out,
             "asyncthink_inter_token_latency_seconds",
             "Between consecutive tokens of one sequence.",
+        );
+        self.episode_itl.render(
+            &mut out,
+            "asyncthink_episode_inter_token_latency_seconds",
+            "Between consecutive streamed deltas of one AsyncThink episode's organizer text, a JOIN's wait for its worker included.",
         );
         let _ = writeln!(
             out,

@@ -10,6 +10,7 @@ pub mod norm;
 pub mod rope;
 #[cfg(test)]
 mod test_util;
+pub mod threads;
 mod train;
 
 use half::bf16;

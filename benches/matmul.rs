@@ -1,5 +1,6 @@
-//! Rate of the CPU linear layer (`y = x·Wᵀ`, bf16 W of Qwen3-0.6B's MLP shape) against the
-//! number of activation rows: the dot-product path up to `SMALL_M`, gemm above.
+//! Rate of the CPU linear layer (`y = x·Wᵀ`, W of Qwen3-0.6B's MLP shape, bf16 and f32)
+//! against the number of activation rows, for each path side by side: the batch-invariant
+//! packed kernel the model runs and the `gemm` crate (whose order depends on the shape).
 //! `cargo bench --bench matmul`. W stays cache-resident here, so this measures arithmetic,
 //! not the memory streaming a real decode step pays for at small m.
 
@@ -8,32 +9,46 @@ use std::time::Instant;
 use asyncthink::backend::cpu::{CpuWeight, matmul};
 use half::bf16;
 
+fn time(mut f: impl FnMut() -> Vec<f32>) -> f64 {
+    std::hint::black_box(f());
+    let (mut iters, t) = (0, Instant::now());
+    while iters < 3 || t.elapsed().as_secs_f64() < 0.3 {
+        std::hint::black_box(f());
+        iters += 1;
+    }
+    t.elapsed().as_secs_f64() / iters as f64
+}
+
 fn main() {
     let (k, n) = (1024usize, 3072usize);
-    let w: Vec<bf16> = (0..n * k)
-        .map(|i| bf16::from_f32(((i * 7) % 13) as f32 * 0.01 - 0.06))
+    let w32: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7) % 13) as f32 * 0.01 - 0.06)
         .collect();
-    let w = CpuWeight::Bf16 {
-        data: w,
-        shape: vec![n, k],
-    };
+    let w16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+    asyncthink::backend::cpu::threads::drive_from_this_thread(None).expect("the thread pool");
     println!(
-        "threads {}, W [{n}, {k}] bf16",
+        "threads {}, W [{n}, {k}]; GFLOP/s, and gemm's time over packed's",
         rayon::current_num_threads()
     );
-    for m in [1usize, 4, 8, 16, 32, 64, 65, 128, 256] {
-        let x: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
-        std::hint::black_box(matmul::linear(&x, m, k, &w));
-        let iters = 20;
-        let t = Instant::now();
-        for _ in 0..iters {
-            std::hint::black_box(matmul::linear(&x, m, k, &w));
-        }
-        let s = t.elapsed().as_secs_f64() / iters as f64;
+    for (name, w) in [
+        ("bf16", CpuWeight::bf16(w16, vec![n, k])),
+        ("f32", CpuWeight::f32(w32, vec![n, k])),
+    ] {
         println!(
-            "m={m:4}: {:8.3} ms  {:6.1} GFLOP/s",
-            s * 1e3,
-            2.0 * (m * n * k) as f64 / s / 1e9
+            "{name:5} {:>6} {:>9} {:>9} {:>6}",
+            "m", "packed", "gemm", "ratio"
         );
+        for m in [1usize, 4, 8, 16, 32, 64, 128, 256, 512] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+            let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
+            let packed = time(|| matmul::linear(&x, m, k, &w));
+            let gemm = time(|| matmul::linear_gemm(&x, m, k, n, &w));
+            println!(
+                "{name:5} {m:6} {:9.1} {:9.1} {:6.2}",
+                rate(packed),
+                rate(gemm),
+                gemm / packed
+            );
+        }
     }
 }

@@ -10,6 +10,36 @@ use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;
 
+/// One query head against `len` keys and values, fetched by position: the arithmetic every
+/// attention path shares, so a token's output is bitwise the same whether its keys come
+/// from the paged cache (decode, prefill, chunked prefill, recomputation after preemption)
+/// or from the trainer's packed batch, and however many queries share the step. Writes
+/// the softmax-weighted sum of values into `out`; returns the log-sum-exp of the scaled
+/// scores (what the backward recomputes the probabilities from).
+#[inline]
+fn attend<'a>(
+    q: &[f32],
+    len: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    out: &mut [f32],
+) -> f32 {
+    let scores: Vec<f32> = (0..len).map(|j| dot(q, key(j)) * scale).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = scores.iter().map(|&x| (x - max).exp()).collect();
+    let denom: f32 = weights.iter().sum();
+    out.fill(0.0);
+    for (j, &w) in weights.iter().enumerate() {
+        for (acc, &v) in out.iter_mut().zip(value(j)) {
+            *acc += w * v;
+        }
+    }
+    let inv = 1.0 / denom;
+    out.iter_mut().for_each(|x| *x *= inv);
+    max + denom.ln()
+}
+
 pub fn paged_attention(
     q: &CpuTensor,
     k_pool: &[f32],
@@ -47,24 +77,10 @@ pub fn paged_attention(
             let qv = &q.data[row * q.cols + head * head_dim..][..head_dim];
 
             let slot = |j: usize| table[j / bs] as usize * bs + j % bs;
-            let scores: Vec<f32> = (0..=pos)
-                .map(|j| {
-                    let off = layout.slot_offset(slot(j), kv_head);
-                    dot(qv, &k_pool[off..off + head_dim]) * scale
-                })
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let weights: Vec<f32> = scores.iter().map(|&x| (x - max).exp()).collect();
-            let denom: f32 = weights.iter().sum();
-            o.fill(0.0);
-            for (j, &w) in weights.iter().enumerate() {
-                let off = layout.slot_offset(slot(j), kv_head);
-                for (acc, &v) in o.iter_mut().zip(&v_pool[off..off + head_dim]) {
-                    *acc += w * v;
-                }
-            }
-            let inv = 1.0 / denom;
-            o.iter_mut().for_each(|x| *x *= inv);
+            let at = |j: usize| layout.slot_offset(slot(j), kv_head);
+            let keys = |j: usize| &k_pool[at(j)..][..head_dim];
+            let values = |j: usize| &v_pool[at(j)..][..head_dim];
+            attend(qv, pos + 1, keys, values, scale, o);
         });
     CpuTensor::new(out, q.rows, num_heads * head_dim)
 }
@@ -97,20 +113,10 @@ pub fn varlen_attention(
             let (row, head) = (idx / num_heads, idx % num_heads);
             let kvh = head / group;
             let qv = &q.data[row * q.cols + head * head_dim..][..head_dim];
-            let keys = seq_start[row]..=row;
-            let scores: Vec<f32> = keys
-                .clone()
-                .map(|j| dot(qv, &k.data[j * k.cols + kvh * head_dim..][..head_dim]) * scale)
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
-            *l = max + sum.ln();
-            o.fill(0.0);
-            for (j, s) in keys.zip(&scores) {
-                let p = (s - *l).exp();
-                let vj = &v.data[j * v.cols + kvh * head_dim..][..head_dim];
-                o.iter_mut().zip(vj).for_each(|(a, b)| *a += p * b);
-            }
+            let start = seq_start[row];
+            let keys = |j: usize| &k.data[(start + j) * k.cols + kvh * head_dim..][..head_dim];
+            let values = |j: usize| &v.data[(start + j) * v.cols + kvh * head_dim..][..head_dim];
+            *l = attend(qv, row - start + 1, keys, values, scale, o);
         });
     (CpuTensor::new(out, q.rows, num_heads * head_dim), lse)
 }

@@ -94,10 +94,27 @@ pub fn fused_linear_cross_entropy(
     }
 }
 
-/// log p(target) of every row of `h` [T, H] under `w` [V, H]: the loss's first pass only.
-pub fn target_log_probs(h: &CpuTensor, w: &[f32], vocab: usize, targets: &[u32]) -> Vec<f32> {
-    let (lse, target_logit) = lse_and_target(&h.data, h.rows, h.cols, w, vocab, |r| targets[r]);
-    lse.iter().zip(&target_logit).map(|(l, t)| t - l).collect()
+/// Rows of logits `target_log_probs` holds at once (rows x vocab f32).
+const LOGIT_ROWS: usize = 64;
+
+/// log p(target) of every row of `h` [T, H] under `w` [V, H], computed exactly as the
+/// sampler computes a token's log-prob: the same packed product for the logits, then the
+/// same `log_prob` over the whole row. GRPO's ratio numerator therefore equals the
+/// sampler's log-prob bit for bit while the weights are the ones that sampled.
+pub fn target_log_probs(h: &CpuTensor, w: &super::CpuWeight, targets: &[u32]) -> Vec<f32> {
+    let vocab = w.rows();
+    let mut out = Vec::with_capacity(h.rows);
+    for r0 in (0..h.rows).step_by(LOGIT_ROWS) {
+        let r1 = (r0 + LOGIT_ROWS).min(h.rows);
+        let logits = super::matmul::linear(&h.data[r0 * h.cols..r1 * h.cols], r1 - r0, h.cols, w);
+        let block: Vec<f32> = logits
+            .par_chunks(vocab)
+            .zip(&targets[r0..r1])
+            .map(|(row, &t)| crate::engine::sampling::log_prob(row, t))
+            .collect();
+        out.extend(block);
+    }
+    out
 }
 
 fn chunk_logits(
@@ -108,12 +125,10 @@ fn chunk_logits(
     c0: usize,
     c1: usize,
 ) -> Vec<f32> {
-    // The same dot-product/gemm path as inference logits, so sampler and trainer agree.
-    let panel = super::CpuWeight::F32 {
-        data: w[c0 * hidden..c1 * hidden].to_vec(),
-        shape: vec![c1 - c0, hidden],
-    };
-    super::matmul::linear(h, rows, hidden, &panel)
+    // The packed kernel inference logits come from: each logit is the same fma chain over
+    // the hidden size whichever columns share its chunk, so sampler and trainer agree.
+    let panel = super::packed::Packed::new(&w[c0 * hidden..c1 * hidden], c1 - c0, hidden);
+    super::packed::linear(h, rows, &panel)
 }
 
 /// Each row's log-sum-exp over the vocabulary (online over chunks) and its target's logit.

@@ -1,25 +1,15 @@
-//! `y = x · Wᵀ` on the CPU, W stored `[n, k]` row-major as in Hugging Face checkpoints.
+//! `y = x · Wᵀ` on the CPU, W stored `[n, k]` row-major as in Hugging Face checkpoints,
+//! and the two products of its backward.
 //!
-//! Two paths, chosen by the number of rows m:
-//! - m ≤ `SMALL_M` (decode, batched decode): SIMD dot products (`dot.rs`), W streamed
-//!   once from memory with bf16 widened in registers, four activation rows per weight
-//!   load. Each output is a fixed-order reduction over k, so a row's result does not
-//!   depend on what else is in the batch.
-//! - larger m (prefill): the `gemm` crate; bf16 weights are widened to f32 a panel at a
-//!   time so the full f32 copy of a large matrix never exists.
+//! The forward is the packed kernel (`packed.rs`) for every row count: decode, batched
+//! decode, prefill and the trainer's forward all reduce each output in one order, so a
+//! token's numbers do not depend on how it was batched. The `gemm` crate remains for the
+//! backward's products (gradients need no such guarantee) and as the comparison
+//! benches/matmul.rs measures the packed kernel against.
 
 use rayon::prelude::*;
 
 use super::CpuWeight;
-use super::dot::DotWeight;
-
-/// Up to this many rows, widening weights for `gemm` costs more than it saves.
-pub const SMALL_M: usize = 64;
-
-/// Rows of W per parallel task on the dot-product path: enough work per task to
-/// amortize scheduling, few enough that the task's rows stay in L2 while every group of
-/// activation rows passes over them.
-const DOT_TASK_ROWS: usize = 32;
 
 /// Rows of W widened to f32 at a time on the gemm path (keeps the panel in L2/L3).
 const PANEL_ROWS: usize = 256;
@@ -28,64 +18,10 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight) -> Vec<f32> {
     let n = w.rows();
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.cols(), k);
-    if m == 0 {
-        return Vec::new();
+    match w {
+        CpuWeight::F32 { data, packed, .. } => super::packed::linear(x, m, packed.get(data, n, k)),
+        CpuWeight::Bf16 { data, packed, .. } => super::packed::linear(x, m, packed.get(data, n, k)),
     }
-    if m <= SMALL_M {
-        match w {
-            CpuWeight::F32 { data, .. } => linear_dot(x, m, k, n, data),
-            CpuWeight::Bf16 { data, .. } => linear_dot(x, m, k, n, data),
-        }
-    } else {
-        linear_gemm(x, m, k, n, w)
-    }
-}
-
-fn linear_dot<W: DotWeight>(x: &[f32], m: usize, k: usize, n: usize, w: &[W]) -> Vec<f32> {
-    // Computed transposed ([n, m]) so each task writes one contiguous range.
-    let mut out_t = vec![0f32; n * m];
-    let row = |i: usize| &x[i * k..(i + 1) * k];
-    out_t
-        .par_chunks_mut(DOT_TASK_ROWS * m)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let j0 = task * DOT_TASK_ROWS;
-            let rows = chunk.len() / m;
-            let mut i = 0;
-            let wrow = |j: usize| &w[j * k..(j + 1) * k];
-            while i + 4 <= m {
-                let xs = [row(i), row(i + 1), row(i + 2), row(i + 3)];
-                let mut jj = 0;
-                while jj + 2 <= rows {
-                    let j = j0 + jj;
-                    let d = W::dot4x2(xs, [wrow(j), wrow(j + 1)]);
-                    chunk[jj * m + i..jj * m + i + 4].copy_from_slice(&d[0]);
-                    chunk[(jj + 1) * m + i..(jj + 1) * m + i + 4].copy_from_slice(&d[1]);
-                    jj += 2;
-                }
-                if jj < rows {
-                    let d = W::dot4(xs, wrow(j0 + jj));
-                    chunk[jj * m + i..jj * m + i + 4].copy_from_slice(&d);
-                }
-                i += 4;
-            }
-            for i in i..m {
-                for jj in 0..rows {
-                    let j = j0 + jj;
-                    chunk[jj * m + i] = W::dot1(row(i), &w[j * k..(j + 1) * k]);
-                }
-            }
-        });
-    if m == 1 {
-        return out_t;
-    }
-    let mut out = vec![0f32; m * n];
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = out_t[j * m + i];
-        }
-    }
-    out
 }
 
 /// Raw output pointer shared by tasks that write disjoint column panels.
@@ -102,7 +38,9 @@ impl OutPtr {
     }
 }
 
-fn linear_gemm(x: &[f32], m: usize, k: usize, n: usize, w: &CpuWeight) -> Vec<f32> {
+/// The same product through the `gemm` crate, whose reduction order depends on the shape:
+/// the comparison benches/matmul.rs runs, not a path the model takes.
+pub fn linear_gemm(x: &[f32], m: usize, k: usize, n: usize, w: &CpuWeight) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
     match w {
         CpuWeight::F32 { data, .. } => {
@@ -290,39 +228,35 @@ mod tests {
     }
 
     #[test]
-    fn both_paths_match_f64_reference_for_both_dtypes() {
+    fn linear_and_gemm_match_f64_reference_for_both_dtypes() {
         for &(m, k, n) in &[
             (1, 67, 130),
             (3, 128, 65),
             (16, 96, 300),
             (17, 200, 513),
             (40, 33, 7),
+            (130, 64, 40),
         ] {
             let x = pseudo_random(m * k, (m * 31 + k) as u32);
             let w = pseudo_random(n * k, (n * 7 + k) as u32);
-            let f32w = CpuWeight::F32 {
-                data: w.clone(),
-                shape: vec![n, k],
-            };
-            let want = reference(&x, m, k, &w, n);
-            let got = linear(&x, m, k, &f32w);
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "f32 m={m} k={k} n={n}: {a} vs {b}");
-            }
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let wb_wide: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
-            let want = reference(&x, m, k, &wb_wide, n);
-            let got = linear(
-                &x,
-                m,
-                k,
-                &CpuWeight::Bf16 {
-                    data: wb,
-                    shape: vec![n, k],
-                },
-            );
-            for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "bf16 m={m} k={k} n={n}: {a} vs {b}");
+            for (name, weight, values) in [
+                ("f32", CpuWeight::f32(w.clone(), vec![n, k]), &w),
+                ("bf16", CpuWeight::bf16(wb, vec![n, k]), &wb_wide),
+            ] {
+                let want = reference(&x, m, k, values, n);
+                for (path, got) in [
+                    ("packed", linear(&x, m, k, &weight)),
+                    ("gemm", linear_gemm(&x, m, k, n, &weight)),
+                ] {
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() < 1e-4,
+                            "{name} {path} m={m} k={k} n={n}: {a} vs {b}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -351,17 +285,21 @@ mod tests {
     }
 
     #[test]
-    fn small_path_is_batch_invariant() {
+    fn a_row_is_the_same_in_any_batch_and_after_the_weight_changes() {
         let (k, n) = (96, 50);
-        let x = pseudo_random(SMALL_M * k, 5);
-        let w = CpuWeight::F32 {
-            data: pseudo_random(n * k, 9),
-            shape: vec![n, k],
-        };
-        let batched = linear(&x, SMALL_M, k, &w);
-        for i in 0..SMALL_M {
+        let x = pseudo_random(80 * k, 5);
+        let mut w = CpuWeight::f32(pseudo_random(n * k, 9), vec![n, k]);
+        let batched = linear(&x, 80, k, &w);
+        for i in [0, 1, 63, 64, 79] {
             let single = linear(&x[i * k..(i + 1) * k], 1, k, &w);
             assert_eq!(&batched[i * n..(i + 1) * n], &single[..], "row {i}");
         }
+        // A changed weight must not be read through its stale packed copy.
+        if let CpuWeight::F32 { data, packed, .. } = &mut w {
+            data.iter_mut().for_each(|v| *v = -*v);
+            packed.clear();
+        }
+        let negated = linear(&x, 80, k, &w);
+        assert!(negated.iter().zip(&batched).all(|(a, b)| *a == -*b));
     }
 }

@@ -7,11 +7,14 @@ pub mod dot;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod packed;
 pub mod rope;
 #[cfg(test)]
 mod test_util;
 pub mod threads;
 mod train;
+
+use std::sync::OnceLock;
 
 use half::bf16;
 use rayon::prelude::*;
@@ -45,13 +48,64 @@ impl CpuTensor {
 
 /// A parameter. bf16 checkpoints stay bf16 in memory (half the bytes to stream per
 /// decoded token); f16 is widened to f32 at load, since it has no cheap widening trick.
+/// A 2-D parameter also holds the packed copy `linear` reads (`packed.rs`), made on its
+/// first product and dropped whenever the values change.
 #[derive(Debug, Clone)]
 pub enum CpuWeight {
-    F32 { data: Vec<f32>, shape: Vec<usize> },
-    Bf16 { data: Vec<bf16>, shape: Vec<usize> },
+    F32 {
+        data: Vec<f32>,
+        shape: Vec<usize>,
+        packed: PackCache<f32>,
+    },
+    Bf16 {
+        data: Vec<bf16>,
+        shape: Vec<usize>,
+        packed: PackCache<bf16>,
+    },
+}
+
+/// The packed copy of a weight, built once on first use.
+#[derive(Clone, Default)]
+pub struct PackCache<W>(OnceLock<packed::Packed<W>>);
+
+impl<W> std::fmt::Debug for PackCache<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "packed"
+        } else {
+            "not packed"
+        })
+    }
+}
+
+impl<W: dot::Widen + Default> PackCache<W> {
+    fn get(&self, data: &[W], n: usize, k: usize) -> &packed::Packed<W> {
+        self.0.get_or_init(|| packed::Packed::new(data, n, k))
+    }
+
+    /// The values changed: the next product packs them again.
+    pub fn clear(&mut self) {
+        self.0.take();
+    }
 }
 
 impl CpuWeight {
+    pub fn f32(data: Vec<f32>, shape: Vec<usize>) -> Self {
+        CpuWeight::F32 {
+            data,
+            shape,
+            packed: PackCache::default(),
+        }
+    }
+
+    pub fn bf16(data: Vec<bf16>, shape: Vec<usize>) -> Self {
+        CpuWeight::Bf16 {
+            data,
+            shape,
+            packed: PackCache::default(),
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         match self {
             CpuWeight::F32 { shape, .. } | CpuWeight::Bf16 { shape, .. } => shape,
@@ -81,10 +135,7 @@ impl CpuWeight {
     /// The same parameter stored as f32 (training keeps f32 master weights).
     pub fn into_f32(self) -> CpuWeight {
         match self {
-            CpuWeight::Bf16 { ref shape, .. } => CpuWeight::F32 {
-                data: self.to_f32(),
-                shape: shape.clone(),
-            },
+            CpuWeight::Bf16 { ref shape, .. } => CpuWeight::f32(self.to_f32(), shape.clone()),
             f => f,
         }
     }
@@ -137,14 +188,8 @@ impl Backend for CpuBackend {
     fn load_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight> {
         let shape = t.shape.clone();
         Ok(match t.dtype {
-            DType::BF16 => CpuWeight::Bf16 {
-                data: t.to_bf16(),
-                shape,
-            },
-            DType::F32 | DType::F16 => CpuWeight::F32 {
-                data: t.to_f32(),
-                shape,
-            },
+            DType::BF16 => CpuWeight::bf16(t.to_bf16(), shape),
+            DType::F32 | DType::F16 => CpuWeight::f32(t.to_f32(), shape),
         })
     }
 

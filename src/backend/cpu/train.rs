@@ -38,10 +38,7 @@ impl TrainBackend for CpuBackend {
     type Stats = CpuTensor;
 
     fn load_master_weight(&self, t: &HostTensor<'_>) -> Result<CpuWeight> {
-        Ok(CpuWeight::F32 {
-            data: t.to_f32(),
-            shape: t.shape.clone(),
-        })
+        Ok(CpuWeight::f32(t.to_f32(), t.shape.clone()))
     }
 
     fn copy(&self, x: &CpuTensor) -> Result<CpuTensor> {
@@ -78,9 +75,10 @@ impl TrainBackend for CpuBackend {
         s: &mut (Vec<f32>, Vec<f32>),
         hp: &AdamWStep,
     ) -> Result<()> {
-        let CpuWeight::F32 { data, .. } = w else {
+        let CpuWeight::F32 { data, packed, .. } = w else {
             return f32_data(w).map(|_| ());
         };
+        packed.clear();
         check_len("adamw", g, data.len())?;
         let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
@@ -258,11 +256,7 @@ impl TrainBackend for CpuBackend {
                 "target id {t} outside the vocabulary ({vocab})"
             )));
         }
-        let data = match w {
-            CpuWeight::F32 { data, .. } => std::borrow::Cow::Borrowed(data.as_slice()),
-            CpuWeight::Bf16 { .. } => std::borrow::Cow::Owned(w.to_f32()),
-        };
-        Ok(loss::target_log_probs(h, &data, vocab, targets))
+        Ok(loss::target_log_probs(h, w, targets))
     }
 
     fn weight_to_host(&self, w: &CpuWeight) -> Result<Vec<f32>> {

@@ -140,8 +140,10 @@ fn lse_and_target(
     vocab: usize,
     target: impl Fn(usize) -> u32 + Sync,
 ) -> (Vec<f32>, Vec<f32>) {
+    // The sum of exponentials in f64, as the sampler's `log_prob` keeps it: the loss of a
+    // token then equals -log p of `target_log_probs` to f32 rounding of the result only.
     let mut max = vec![f32::NEG_INFINITY; rows];
-    let mut sum = vec![0f32; rows];
+    let mut sum = vec![0f64; rows];
     let mut target_logit = vec![0f32; rows];
     for c0 in (0..vocab).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(vocab);
@@ -155,8 +157,9 @@ fn lse_and_target(
                 let row = &logits[r * width..(r + 1) * width];
                 let cmax = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let new_max = m.max(cmax);
-                *s = *s * (*m - new_max).exp()
-                    + row.iter().map(|x| (x - new_max).exp()).sum::<f32>();
+                let shift = new_max as f64;
+                *s = *s * (*m as f64 - shift).exp()
+                    + row.iter().map(|&x| (x as f64 - shift).exp()).sum::<f64>();
                 *m = new_max;
                 let t = target(r) as usize;
                 if (c0..c1).contains(&t) {
@@ -164,7 +167,11 @@ fn lse_and_target(
                 }
             });
     }
-    let lse = max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect();
+    let lse = max
+        .iter()
+        .zip(&sum)
+        .map(|(&m, s)| (m as f64 + s.ln()) as f32)
+        .collect();
     (lse, target_logit)
 }
 

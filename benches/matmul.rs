@@ -38,7 +38,7 @@ fn main() {
             "{name:5} {:>6} {:>9} {:>9} {:>6}",
             "m", "packed", "gemm", "ratio"
         );
-        for m in [1usize, 4, 8, 16, 32, 64, 128, 256, 512] {
+        for m in [1usize, 4, 8, 16, 32, 64, 128, 256, 512, 1024] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
             let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
             let packed = time(|| matmul::linear(&x, m, k, &w));

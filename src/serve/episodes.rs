@@ -123,10 +123,10 @@ impl EpisodeRequest {
             if text.is_empty() && outcome.is_none() {
                 continue;
             }
-            if !text.is_empty() {
-                if let Some(prev) = self.last_delta[i].replace(now) {
-                    self.delta_gaps.push((now - prev).as_secs_f64());
-                }
+            if !text.is_empty()
+                && let Some(prev) = self.last_delta[i].replace(now)
+            {
+                self.delta_gaps.push((now - prev).as_secs_f64());
             }
             self.sent[i] = e.context.len();
             self.reported[i] |= outcome.is_some();

@@ -10,34 +10,151 @@ use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;
 
-/// One query head against `len` keys and values, fetched by position: the arithmetic every
-/// attention path shares, so a token's output is bitwise the same whether its keys come
-/// from the paged cache (decode, prefill, chunked prefill, recomputation after preemption)
-/// or from the trainer's packed batch, and however many queries share the step. Writes
-/// the softmax-weighted sum of values into `out`; returns the log-sum-exp of the scaled
-/// scores (what the backward recomputes the probabilities from).
+/// Consecutive query rows of one sequence per task: they share every key and value they
+/// read, so a block of them reads each K/V row once instead of once per query.
+const QUERY_BLOCK: usize = 16;
+
+/// The queries of one task: `rows` consecutive positions of one sequence, the first with
+/// `first_len` keys (the others one more each), times the `group` query heads that share
+/// one KV head. `q(r, g)` is row r's query for head g.
+struct QueryBlock<Q> {
+    q: Q,
+    rows: usize,
+    group: usize,
+    first_len: usize,
+}
+
+/// A query block against its keys and values, fetched by position: the arithmetic every
+/// attention path shares. Each query's numbers are one fixed sequence of operations: its
+/// scores in key order (the 32-lane `dot`), their max, the exponentials summed in key
+/// order, the values weighted and added in key order, one scale by the inverse sum. The
+/// block only decides which queries share a K/V load, so a token's output is bitwise the
+/// same from the paged cache (decode, prefill, chunked prefill, recomputation after
+/// preemption) or the trainer's packed batch, alone or with any neighbours. Writes
+/// `[rows][group][head_dim]` into `out` and each query's log-sum-exp of scaled scores
+/// (what the backward recomputes the probabilities from) into `lse`.
 #[inline]
-fn attend<'a>(
-    q: &[f32],
-    len: usize,
+fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
+    block: &QueryBlock<Q>,
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     scale: f32,
     out: &mut [f32],
-) -> f32 {
-    let scores: Vec<f32> = (0..len).map(|j| dot(q, key(j)) * scale).collect();
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = scores.iter().map(|&x| (x - max).exp()).collect();
-    let denom: f32 = weights.iter().sum();
-    out.fill(0.0);
-    for (j, &w) in weights.iter().enumerate() {
-        for (acc, &v) in out.iter_mut().zip(value(j)) {
-            *acc += w * v;
+    lse: &mut [f32],
+) {
+    let QueryBlock {
+        rows,
+        group,
+        first_len,
+        ..
+    } = *block;
+    let len = |r: usize| first_len + r;
+    let head_dim = out.len() / (rows * group);
+    let mut weights: Vec<Vec<f32>> = (0..rows * group)
+        .map(|i| Vec::with_capacity(len(i / group)))
+        .collect();
+    for j in 0..len(rows - 1) {
+        let kj = key(j);
+        // Rows from here on are at or past key j.
+        for r in (j + 1).saturating_sub(first_len)..rows {
+            for g in 0..group {
+                weights[r * group + g].push(dot((block.q)(r, g), kj) * scale);
+            }
         }
     }
-    let inv = 1.0 / denom;
-    out.iter_mut().for_each(|x| *x *= inv);
-    max + denom.ln()
+    let mut inv = vec![0f32; rows * group];
+    for (i, scores) in weights.iter_mut().enumerate() {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.iter_mut().for_each(|x| *x = (*x - max).exp());
+        let denom: f32 = scores.iter().sum();
+        inv[i] = 1.0 / denom;
+        lse[i] = max + denom.ln();
+    }
+    out.fill(0.0);
+    for j in 0..len(rows - 1) {
+        let vj = value(j);
+        for (i, o) in out.chunks_mut(head_dim).enumerate() {
+            if let Some(&w) = weights[i].get(j) {
+                for (acc, &v) in o.iter_mut().zip(vj) {
+                    *acc += w * v;
+                }
+            }
+        }
+    }
+    for (o, &s) in out.chunks_mut(head_dim).zip(&inv) {
+        o.iter_mut().for_each(|x| *x *= s);
+    }
+}
+
+/// One task: `rows` query rows from `row0` (consecutive positions of one sequence) and
+/// KV head `kv_head`.
+struct Task {
+    row0: usize,
+    rows: usize,
+    kv_head: usize,
+    /// Keys of the first row (its position + 1).
+    first_len: usize,
+    /// The sequence's index in the batch (paged) or its first row (packed).
+    seq: usize,
+}
+
+/// Splits each sequence's rows into query blocks, times every KV head.
+fn tasks(
+    seqs: impl Iterator<Item = (usize, usize, usize, usize)>,
+    num_kv_heads: usize,
+) -> Vec<Task> {
+    let mut out = Vec::new();
+    for (seq, row0, rows, first_pos) in seqs {
+        for b in (0..rows).step_by(QUERY_BLOCK) {
+            for kv_head in 0..num_kv_heads {
+                out.push(Task {
+                    row0: row0 + b,
+                    rows: QUERY_BLOCK.min(rows - b),
+                    kv_head,
+                    first_len: first_pos + b + 1,
+                    seq,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs every task and scatters its `[rows][group][head_dim]` block and log-sum-exps into
+/// the `[rows, heads * head_dim]` output.
+fn run_tasks(
+    tasks: &[Task],
+    q: &CpuTensor,
+    shape: AttentionShape,
+    one: impl Fn(&Task, &mut [f32], &mut [f32]) + Sync,
+) -> (CpuTensor, Vec<f32>) {
+    let AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    } = shape;
+    let group = num_heads / num_kv_heads;
+    let blocks: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|t| {
+            let mut o = vec![0f32; t.rows * group * head_dim];
+            let mut l = vec![0f32; t.rows * group];
+            one(t, &mut o, &mut l);
+            (o, l)
+        })
+        .collect();
+    let mut out = vec![0f32; q.rows * num_heads * head_dim];
+    let mut lse = vec![0f32; q.rows * num_heads];
+    for (t, (o, l)) in tasks.iter().zip(&blocks) {
+        for r in 0..t.rows {
+            let row = t.row0 + r;
+            let head0 = t.kv_head * group;
+            out[(row * num_heads + head0) * head_dim..][..group * head_dim]
+                .copy_from_slice(&o[r * group * head_dim..][..group * head_dim]);
+            lse[row * num_heads + head0..][..group].copy_from_slice(&l[r * group..][..group]);
+        }
+    }
+    (CpuTensor::new(out, q.rows, num_heads * head_dim), lse)
 }
 
 pub fn paged_attention(
@@ -48,41 +165,38 @@ pub fn paged_attention(
     batch: &ForwardBatch,
     shape: AttentionShape,
 ) -> CpuTensor {
-    let AttentionShape {
-        num_heads,
-        num_kv_heads,
-        head_dim,
-    } = shape;
-    let group = num_heads / num_kv_heads;
+    let head_dim = shape.head_dim;
+    let group = shape.num_heads / shape.num_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let bs = layout.block_size;
-
-    // row -> (sequence, position of that row's token)
-    let mut row_info = vec![(0usize, 0usize); q.rows];
-    for (s, seq) in batch.seqs.iter().enumerate() {
-        let first_pos = seq.context_len - seq.query_len;
-        for i in 0..seq.query_len {
-            row_info[seq.query_start + i] = (s, first_pos + i);
-        }
-    }
-
-    let mut out = vec![0f32; q.rows * num_heads * head_dim];
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each(|(idx, o)| {
-            let (row, head) = (idx / num_heads, idx % num_heads);
-            let (s, pos) = row_info[row];
-            let table = &batch.seqs[s].block_table;
-            let kv_head = head / group;
-            let qv = &q.data[row * q.cols + head * head_dim..][..head_dim];
-
-            let slot = |j: usize| table[j / bs] as usize * bs + j % bs;
-            let at = |j: usize| layout.slot_offset(slot(j), kv_head);
-            let keys = |j: usize| &k_pool[at(j)..][..head_dim];
-            let values = |j: usize| &v_pool[at(j)..][..head_dim];
-            attend(qv, pos + 1, keys, values, scale, o);
-        });
-    CpuTensor::new(out, q.rows, num_heads * head_dim)
+    let seqs = batch.seqs.iter().enumerate().map(|(s, seq)| {
+        (
+            s,
+            seq.query_start,
+            seq.query_len,
+            seq.context_len - seq.query_len,
+        )
+    });
+    let tasks = tasks(seqs, shape.num_kv_heads);
+    run_tasks(&tasks, q, shape, |t, o, l| {
+        let table = &batch.seqs[t.seq].block_table;
+        let at = |j: usize| {
+            let slot = table[j / bs] as usize * bs + j % bs;
+            layout.slot_offset(slot, t.kv_head)
+        };
+        let block = QueryBlock {
+            q: |r: usize, g: usize| {
+                &q.data[(t.row0 + r) * q.cols + (t.kv_head * group + g) * head_dim..][..head_dim]
+            },
+            rows: t.rows,
+            group,
+            first_len: t.first_len,
+        };
+        let keys = |j: usize| &k_pool[at(j)..][..head_dim];
+        let values = |j: usize| &v_pool[at(j)..][..head_dim];
+        attend(&block, keys, values, scale, o, l);
+    })
+    .0
 }
 
 /// Training attention over packed sequences (`bounds[s]..bounds[s+1]` are sequence s's
@@ -96,29 +210,29 @@ pub fn varlen_attention(
     bounds: &[usize],
     shape: AttentionShape,
 ) -> (CpuTensor, Vec<f32>) {
-    let AttentionShape {
-        num_heads,
-        num_kv_heads,
-        head_dim,
-    } = shape;
-    let group = num_heads / num_kv_heads;
+    let head_dim = shape.head_dim;
+    let group = shape.num_heads / shape.num_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let seq_start = row_starts(bounds, q.rows);
-    let mut out = vec![0f32; q.rows * num_heads * head_dim];
-    let mut lse = vec![0f32; q.rows * num_heads];
-    out.par_chunks_mut(head_dim)
-        .zip(lse.par_iter_mut())
-        .enumerate()
-        .for_each(|(idx, (o, l))| {
-            let (row, head) = (idx / num_heads, idx % num_heads);
-            let kvh = head / group;
-            let qv = &q.data[row * q.cols + head * head_dim..][..head_dim];
-            let start = seq_start[row];
-            let keys = |j: usize| &k.data[(start + j) * k.cols + kvh * head_dim..][..head_dim];
-            let values = |j: usize| &v.data[(start + j) * v.cols + kvh * head_dim..][..head_dim];
-            *l = attend(qv, row - start + 1, keys, values, scale, o);
-        });
-    (CpuTensor::new(out, q.rows, num_heads * head_dim), lse)
+    let seqs = bounds
+        .windows(2)
+        .filter(|w| w[1] > w[0])
+        .map(|w| (w[0], w[0], w[1] - w[0], 0));
+    let tasks = tasks(seqs, shape.num_kv_heads);
+    run_tasks(&tasks, q, shape, |t, o, l| {
+        let start = t.seq;
+        let kv = t.kv_head * head_dim;
+        let block = QueryBlock {
+            q: |r: usize, g: usize| {
+                &q.data[(t.row0 + r) * q.cols + (t.kv_head * group + g) * head_dim..][..head_dim]
+            },
+            rows: t.rows,
+            group,
+            first_len: t.first_len,
+        };
+        let keys = |j: usize| &k.data[(start + j) * k.cols + kv..][..head_dim];
+        let values = |j: usize| &v.data[(start + j) * v.cols + kv..][..head_dim];
+        attend(&block, keys, values, scale, o, l);
+    })
 }
 
 /// One (sequence, KV head) task's result: (sequence, kv head, dq, dk, dv).
@@ -205,15 +319,6 @@ pub fn varlen_attention_backward(
         CpuTensor::new(dk, k.rows, k.cols),
         CpuTensor::new(dv, v.rows, v.cols),
     )
-}
-
-/// For each row, the first row of its sequence.
-fn row_starts(bounds: &[usize], rows: usize) -> Vec<usize> {
-    let mut starts = vec![0; rows];
-    for w in bounds.windows(2) {
-        starts[w[0]..w[1]].fill(w[0]);
-    }
-    starts
 }
 
 #[cfg(test)]

@@ -137,6 +137,8 @@ struct Kernels<W: 'static> {
 /// # Safety
 /// `out` must point at an `[m, n]` f32 buffer covering rows `r0..r0+R`.
 #[inline(always)]
+// Index loops over the constant tile bounds are what the vectorizer unrolls.
+#[allow(clippy::needless_range_loop)]
 unsafe fn tile<W: Widen + Default, const R: usize, const P: usize>(
     x: &[f32],
     k: usize,

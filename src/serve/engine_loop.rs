@@ -291,7 +291,11 @@ impl<B: Backend> Loop<'_, '_, B> {
                     .events
                     .send(Event::Failed(format!("ending the episodes failed: {e}")));
             }
-            lock(&self.metrics).count(outcome);
+            let mut m = lock(&self.metrics);
+            for gap in r.take_delta_gaps() {
+                m.episode_itl.observe(gap);
+            }
+            m.count(outcome);
         }
     }
 

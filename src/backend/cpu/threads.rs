@@ -9,18 +9,16 @@
 use crate::{Error, Result};
 
 /// Builds rayon's global pool with the calling thread as worker 0 and `threads` workers in
-/// all (default: every core). Call it on the thread that will run the engine, before any
-/// parallel work. When the pool exists already (a test process, a second server) the
+/// all (default: `RAYON_NUM_THREADS`, else every core). Call it on the thread that will
+/// run the engine, before any parallel work. When the pool exists already (a test process, a second server) the
 /// existing one is kept, unless `threads` asked for a size, which is then an error.
 pub fn drive_from_this_thread(threads: Option<usize>) -> Result<()> {
     if threads == Some(0) {
         return Err(Error::InvalidInput("--threads must be at least 1".into()));
     }
-    let n = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    // 0 lets rayon choose as it would lazily: RAYON_NUM_THREADS, else every core.
     let built = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
+        .num_threads(threads.unwrap_or(0))
         .use_current_thread()
         .build_global();
     match (built, threads) {

@@ -170,6 +170,7 @@ def main():
     ap.add_argument("--kv-cache-mb", type=int, default=64)
     ap.add_argument("--model", help="a checkpoint directory (default: the embedded model)")
     ap.add_argument("--client", choices=["rust", "python"], default="rust")
+    ap.add_argument("--stream-interval", type=int, default=1, help="the server's --stream-interval")
     ap.add_argument("--client-bin", default="target/release/examples/serve_load")
     a = ap.parse_args()
     if a.client == "rust" and not os.path.exists(a.client_bin):
@@ -178,7 +179,8 @@ def main():
     rng = random.Random(0)
     prompts = [[rng.randrange(3, 500) for _ in range(a.prompt_len)] for _ in range(a.requests)]
 
-    server = subprocess.Popen([a.bin, "serve", "--port", "0", "--kv-cache-mb", str(a.kv_cache_mb)] + model_args,
+    server = subprocess.Popen([a.bin, "serve", "--port", "0", "--kv-cache-mb", str(a.kv_cache_mb),
+                               "--stream-interval", str(a.stream_interval)] + model_args,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = server.stdout.readline()
     host, port = line.strip().removeprefix("listening on http://").rsplit(":", 1)
@@ -214,6 +216,7 @@ def main():
         "served": levels,
         "offline_output_tokens_per_second": off["output_tokens_per_second"],
         "client": a.client,
+        "stream_interval": a.stream_interval,
         "offline_capped_max_num_seqs": top,
         "offline_capped_output_tokens_per_second": capped_mean,
         "offline_capped_before_and_after": capped,

@@ -1030,3 +1030,43 @@ fn load_of_64_streaming_clients_with_random_disconnects() {
     server.shutdown();
     assert!(server.wait().unwrap().is_clean());
 }
+
+/// `--stream-interval 4`: the same text and token ids in fewer chunks, the first token at
+/// once and the last with the finish reason.
+#[test]
+fn a_stream_interval_sends_the_same_tokens_in_fewer_chunks() {
+    let mut plain = start(config());
+    let body = completion_body(json!({"stream": true, "return_token_ids": true, "n": 2}));
+    let want = chunks(&post(plain.addr(), "/v1/completions", &body));
+    plain.shutdown();
+    assert!(plain.wait().unwrap().is_clean());
+    let mut server = start(asyncthink::serve::ServeConfig {
+        stream_interval: 4,
+        ..config()
+    });
+    let got = chunks(&post(server.addr(), "/v1/completions", &body));
+    let ids = |cs: &[Value], i: u64| -> Vec<Vec<u64>> {
+        cs.iter()
+            .flat_map(|c| c["choices"].as_array().cloned().unwrap_or_default())
+            .filter(|ch| ch["index"] == i)
+            .filter_map(|ch| ch["token_ids"].as_array().cloned())
+            .filter(|t| !t.is_empty())
+            .map(|t| t.iter().map(|x| x.as_u64().unwrap()).collect())
+            .collect()
+    };
+    assert_eq!(streamed(&got, "text"), streamed(&want, "text"));
+    for i in 0..2 {
+        let (g, w) = (ids(&got, i), ids(&want, i));
+        assert_eq!(g.concat(), w.concat(), "choice {i}: the same tokens");
+        assert_eq!(
+            w.len(),
+            12,
+            "choice {i}: one chunk per token without the interval"
+        );
+        // 12 tokens: the first alone, then 4, 4 and the last 3 with the finish.
+        let sizes: Vec<usize> = g.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 4, 4, 3], "choice {i}");
+    }
+    server.shutdown();
+    assert!(server.wait().unwrap().is_clean());
+}

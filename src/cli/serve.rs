@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run on after SIGTERM before they are aborted.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_grace: f64,
+    /// Stream tokens in chunks of this many (the first and the last at once): fewer chunks
+    /// to frame and write when the server's CPU is the limit, coarser inter-token timing.
+    #[arg(long, default_value_t = 1)]
+    pub stream_interval: usize,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -66,6 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_pending: args.max_pending,
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
         handle_signals: true,
+        stream_interval: args.stream_interval,
     };
     let engine = args.engine.clone();
     let server = match args.device {

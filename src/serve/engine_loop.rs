@@ -100,6 +100,10 @@ struct Choice {
     stop: Vec<String>,
     arrived: Instant,
     last_token: Option<Instant>,
+    /// Tokens and text not sent yet (`--stream-interval` > 1).
+    held: Option<Update>,
+    /// An update has gone out.
+    sent: bool,
 }
 
 struct Loop<'e, 'm, B: Backend> {
@@ -113,6 +117,10 @@ struct Loop<'e, 'm, B: Backend> {
     next_request: u64,
     deadline: Option<Instant>,
     aborted_at_shutdown: usize,
+    /// Send a choice's update once this many tokens are pending (the first and the last at
+    /// once): fewer chunks for the HTTP side to frame and write, at coarser inter-token
+    /// timing. vLLM's `--stream-interval`.
+    stream_interval: usize,
 }
 
 /// Runs until shutdown (or every sender is gone) and no request is live.
@@ -121,6 +129,7 @@ pub fn run<'m, B: Backend>(
     tokenizer: &'m Tokenizer,
     mut commands: mpsc::UnboundedReceiver<Command>,
     metrics: Arc<Mutex<Metrics>>,
+    stream_interval: usize,
 ) -> Result<ShutdownReport> {
     let mut lp = Loop {
         engine,
@@ -132,6 +141,7 @@ pub fn run<'m, B: Backend>(
         next_request: 0,
         deadline: None,
         aborted_at_shutdown: 0,
+        stream_interval: stream_interval.max(1),
     };
     lp.publish();
     loop {
@@ -234,6 +244,8 @@ impl<B: Backend> Loop<'_, '_, B> {
                             stop: params.stop.clone(),
                             arrived: s.arrived,
                             last_token: None,
+                            held: None,
+                            sent: false,
                         },
                     );
                 }
@@ -339,11 +351,13 @@ impl<B: Backend> Loop<'_, '_, B> {
         for id in ids {
             if let Some(r) = self.requests.get(&id) {
                 for &seq in &r.seqs {
-                    if let Some(c) = self.choices.get(&seq) {
+                    if let Some(c) = self.choices.get_mut(&seq) {
+                        // What was held back still goes out, with the abort.
+                        let held = c.held.take();
                         let _ = r.events.send(Event::Update(Update {
                             index: c.index,
-                            text: String::new(),
-                            tokens: Vec::new(),
+                            text: held.as_ref().map(|h| h.text.clone()).unwrap_or_default(),
+                            tokens: held.map(|h| h.tokens).unwrap_or_default(),
                             finish: Some(FinishReason::Aborted),
                         }));
                     }
@@ -428,12 +442,22 @@ impl<B: Backend> Loop<'_, '_, B> {
             let Some(r) = self.requests.get_mut(&request) else {
                 continue;
             };
-            let _ = r.events.send(Event::Update(Update {
+            let mut update = choice.held.take().unwrap_or(Update {
                 index,
-                text,
-                tokens,
-                finish: out.finish.clone(),
-            }));
+                text: String::new(),
+                tokens: Vec::new(),
+                finish: None,
+            });
+            update.text.push_str(&text);
+            update.tokens.extend(tokens);
+            update.finish = out.finish.clone();
+            // The first token goes at once, so TTFT is not delayed by the interval.
+            if finished || !choice.sent || update.tokens.len() >= self.stream_interval {
+                choice.sent = true;
+                let _ = r.events.send(Event::Update(update));
+            } else {
+                choice.held = Some(update);
+            }
             if finished {
                 r.open -= 1;
                 let _ = self.engine.take_finished(out.seq);

@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Shut down on SIGTERM and SIGINT.
     pub handle_signals: bool,
+    /// Stream a choice's tokens in chunks of this many (the first and last at once).
+    pub stream_interval: usize,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +64,7 @@ impl Default for ServeConfig {
             max_pending: 256,
             shutdown_grace: Duration::from_secs(30),
             handle_signals: false,
+            stream_interval: 1,
         }
     }
 }
@@ -99,6 +102,12 @@ where
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let name = cfg.served_model_name.clone();
     let engine_metrics = metrics.clone();
+    if cfg.stream_interval == 0 {
+        return Err(Error::InvalidInput(
+            "--stream-interval must be at least 1".into(),
+        ));
+    }
+    let stream_interval = cfg.stream_interval;
     let engine = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || -> Result<ShutdownReport> {
@@ -126,7 +135,13 @@ where
                 vocab_size: model.config.vocab_size,
             };
             let _ = ready_tx.send(Ok((tokenizer.clone(), info)));
-            engine_loop::run(&mut engine, &tokenizer, commands_rx, engine_metrics)
+            engine_loop::run(
+                &mut engine,
+                &tokenizer,
+                commands_rx,
+                engine_metrics,
+                stream_interval,
+            )
         })
         .map_err(|e| Error::InvalidInput(format!("cannot start the engine thread: {e}")))?;
     let (tokenizer, info) = ready_rx

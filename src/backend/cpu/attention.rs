@@ -98,6 +98,26 @@ struct Task {
     seq: usize,
 }
 
+impl Task {
+    /// This task's queries in `q` `[rows, heads * head_dim]`.
+    fn queries<'a>(
+        &self,
+        q: &'a CpuTensor,
+        group: usize,
+        head_dim: usize,
+    ) -> QueryBlock<impl Fn(usize, usize) -> &'a [f32]> {
+        let (row0, head0) = (self.row0, self.kv_head * group);
+        QueryBlock {
+            q: move |r: usize, g: usize| {
+                &q.data[(row0 + r) * q.cols + (head0 + g) * head_dim..][..head_dim]
+            },
+            rows: self.rows,
+            group,
+            first_len: self.first_len,
+        }
+    }
+}
+
 /// Splits each sequence's rows into query blocks, times every KV head.
 fn tasks(
     seqs: impl Iterator<Item = (usize, usize, usize, usize)>,
@@ -184,14 +204,7 @@ pub fn paged_attention(
             let slot = table[j / bs] as usize * bs + j % bs;
             layout.slot_offset(slot, t.kv_head)
         };
-        let block = QueryBlock {
-            q: |r: usize, g: usize| {
-                &q.data[(t.row0 + r) * q.cols + (t.kv_head * group + g) * head_dim..][..head_dim]
-            },
-            rows: t.rows,
-            group,
-            first_len: t.first_len,
-        };
+        let block = t.queries(q, group, head_dim);
         let keys = |j: usize| &k_pool[at(j)..][..head_dim];
         let values = |j: usize| &v_pool[at(j)..][..head_dim];
         attend(&block, keys, values, scale, o, l);
@@ -221,14 +234,7 @@ pub fn varlen_attention(
     run_tasks(&tasks, q, shape, |t, o, l| {
         let start = t.seq;
         let kv = t.kv_head * head_dim;
-        let block = QueryBlock {
-            q: |r: usize, g: usize| {
-                &q.data[(t.row0 + r) * q.cols + (t.kv_head * group + g) * head_dim..][..head_dim]
-            },
-            rows: t.rows,
-            group,
-            first_len: t.first_len,
-        };
+        let block = t.queries(q, group, head_dim);
         let keys = |j: usize| &k.data[(start + j) * k.cols + kv..][..head_dim];
         let values = |j: usize| &v.data[(start + j) * v.cols + kv..][..head_dim];
         attend(&block, keys, values, scale, o, l);

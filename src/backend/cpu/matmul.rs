@@ -200,6 +200,7 @@ fn parallelism() -> gemm::Parallelism {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::test_util::rand_vec;
     use half::bf16;
 
     fn reference(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -215,18 +216,6 @@ mod tests {
         out
     }
 
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn linear_and_gemm_match_f64_reference_for_both_dtypes() {
         for &(m, k, n) in &[
@@ -237,8 +226,8 @@ mod tests {
             (40, 33, 7),
             (130, 64, 40),
         ] {
-            let x = pseudo_random(m * k, (m * 31 + k) as u32);
-            let w = pseudo_random(n * k, (n * 7 + k) as u32);
+            let x = rand_vec(m * k, (m * 31 + k) as u32);
+            let w = rand_vec(n * k, (n * 7 + k) as u32);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let wb_wide: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
             for (name, weight, values) in [
@@ -264,9 +253,9 @@ mod tests {
     #[test]
     fn backward_products_match_definitions() {
         let (m, k, n) = (5, 7, 3);
-        let x = pseudo_random(m * k, 1);
-        let w = pseudo_random(n * k, 2);
-        let dy = pseudo_random(m * n, 3);
+        let x = rand_vec(m * k, 1);
+        let w = rand_vec(n * k, 2);
+        let dy = rand_vec(m * n, 3);
         let dx = linear_backward_input(&dy, m, n, &w, k);
         let mut dw = vec![1.0f32; n * k];
         linear_backward_weight(&dy, m, n, &x, k, &mut dw);
@@ -287,8 +276,8 @@ mod tests {
     #[test]
     fn a_row_is_the_same_in_any_batch_and_after_the_weight_changes() {
         let (k, n) = (96, 50);
-        let x = pseudo_random(80 * k, 5);
-        let mut w = CpuWeight::f32(pseudo_random(n * k, 9), vec![n, k]);
+        let x = rand_vec(80 * k, 5);
+        let mut w = CpuWeight::f32(rand_vec(n * k, 9), vec![n, k]);
         let batched = linear(&x, 80, k, &w);
         for i in [0, 1, 63, 64, 79] {
             let single = linear(&x[i * k..(i + 1) * k], 1, k, &w);

@@ -98,7 +98,7 @@ pub fn linear<W: Widen + Default>(x: &[f32], m: usize, w: &Packed<W>) -> Vec<f32
     if m == 0 || n == 0 {
         return out;
     }
-    let kernels = kernels::<W>();
+    let block = kernel::<W>();
     // Tasks over (row block, panel group): enough for every thread even at one row.
     let threads = rayon::current_num_threads();
     let row_blocks = m.div_ceil(TASK_ROWS);
@@ -111,7 +111,7 @@ pub fn linear<W: Widen + Default>(x: &[f32], m: usize, w: &Packed<W>) -> Vec<f32
         let panels = g * per_group..((g + 1) * per_group).min(w.panels());
         // SAFETY: `out` is m×n and outlives the loop; this task writes rows `rows`, columns
         // of `panels` only, a region no other task writes.
-        unsafe { (kernels.block)(x, k, rows, w, panels, dst.get(), n) };
+        unsafe { block(x, k, rows, w, panels, dst.get(), n) };
     });
     out
 }
@@ -126,10 +126,6 @@ type Block<W> = unsafe fn(
     *mut f32,
     usize,
 );
-
-struct Kernels<W: 'static> {
-    block: Block<W>,
-}
 
 /// The register tile: rows `r0..r0+R` against panels `p0..p0+P`, every output one fma
 /// chain over k.
@@ -262,51 +258,23 @@ mod avx2 {
     }
 }
 
-/// # Safety
-/// As `block_body`.
-unsafe fn portable_block<W: Widen + Default>(
-    x: &[f32],
-    k: usize,
-    rows: std::ops::Range<usize>,
-    w: &Packed<W>,
-    panels: std::ops::Range<usize>,
-    out: *mut f32,
-    n: usize,
-) {
-    // SAFETY: forwarded.
-    unsafe { block_body(x, k, rows, w, panels, out, n) }
-}
-
-fn kernels<W: Widen + Default>() -> Kernels<W> {
+/// The block body compiled for the best instruction set found; every one computes the
+/// same function.
+fn kernel<W: Widen + Default>() -> Block<W> {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Kernels {
-                block: avx2::block::<W>,
-            };
+            return avx2::block::<W>;
         }
     }
-    Kernels {
-        block: portable_block::<W>,
-    }
+    block_body::<W>
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::test_util::rand_vec;
     use half::bf16;
-
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The defining order, written out: one fma chain per output.
     fn chain(x: &[f32], m: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -327,12 +295,12 @@ mod tests {
     fn every_shape_is_the_fma_chain_bit_for_bit() {
         // Odd n (a padded panel), k not a multiple of anything, m across every tile shape.
         let (k, n) = (37, 53);
-        let w = pseudo_random(n * k, 1);
+        let w = rand_vec(n * k, 1);
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let wb_wide: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
         let (pf, pb) = (Packed::new(&w, n, k), Packed::new(&wb, n, k));
         for m in [1, 2, 3, 4, 5, 6, 7, 11, 13, 97, 200] {
-            let x = pseudo_random(m * k, m as u32);
+            let x = rand_vec(m * k, m as u32);
             assert_eq!(linear(&x, m, &pf), chain(&x, m, k, &w, n), "f32, m={m}");
             assert_eq!(
                 linear(&x, m, &pb),
@@ -345,8 +313,8 @@ mod tests {
     #[test]
     fn a_row_does_not_depend_on_its_batch() {
         let (k, n) = (64, 40);
-        let w = Packed::new(&pseudo_random(n * k, 9), n, k);
-        let all = pseudo_random(150 * k, 3);
+        let w = Packed::new(&rand_vec(n * k, 9), n, k);
+        let all = rand_vec(150 * k, 3);
         let full = linear(&all, 150, &w);
         for (start, len) in [(0, 1), (17, 1), (5, 6), (100, 50), (149, 1), (3, 97)] {
             let part = linear(&all[start * k..(start + len) * k], len, &w);

@@ -2,7 +2,9 @@
 //! and heads. It runs everywhere and is the oracle the CUDA backend is tested against.
 
 pub mod activation;
+mod amx;
 pub mod attention;
+pub mod bf16_linear;
 pub mod dot;
 pub mod loss;
 pub mod matmul;

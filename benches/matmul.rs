@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use asyncthink::backend::cpu::bf16_linear::{self, Bf16Kernel, Bf16Panels};
-use asyncthink::backend::cpu::{CpuWeight, matmul};
+use asyncthink::backend::cpu::{CpuWeight, Precision, matmul};
 use half::bf16;
 
 fn time(mut f: impl FnMut() -> Vec<f32>) -> f64 {
@@ -46,7 +46,7 @@ fn main() {
         for m in [1usize, 4, 8, 16, 32, 64, 128, 256, 512, 1024] {
             let x: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
             let rate = |s: f64| 2.0 * (m * n * k) as f64 / s / 1e9;
-            let packed = time(|| matmul::linear(&x, m, k, &w));
+            let packed = time(|| matmul::linear(&x, m, k, &w, Precision::F32));
             let gemm = time(|| matmul::linear_gemm(&x, m, k, n, &w));
             let bf16 = time(|| bf16_linear::linear(&x, m, &panels));
             println!(

@@ -2,11 +2,12 @@
 //! batched. Every sampled token and every log-prob (the chosen token's and its top
 //! alternatives', compared as bits) of a request run alone must come out the same when it
 //! shares steps with others, when its prompt is prefilled in chunks, when it is preempted
-//! and its context recomputed by prefill, and when a cached prefix replaces its prefill.
+//! and its context recomputed by prefill, and when a cached prefix replaces its prefill;
+//! at both precisions.
 
 mod common;
 
-use asyncthink::backend::cpu::CpuBackend;
+use asyncthink::backend::cpu::{CpuBackend, Precision};
 use asyncthink::engine::{Engine, EngineConfig, SamplingParams, SeqId};
 use asyncthink::model::Qwen3;
 use common::*;
@@ -101,14 +102,22 @@ fn assert_same(got: &[Output], want: &[Output], how: &str) {
     }
 }
 
+fn load_at(name: &str, precision: Precision) -> Qwen3<CpuBackend> {
+    Qwen3::load(CpuBackend::new(precision), &model_dir(name)).unwrap()
+}
+
 #[test]
 fn every_request_is_bitwise_the_same_however_it_was_batched() {
-    for name in [
-        "tiny-gqa4-tied",
-        "tiny-mha-untied-hd",
-        "tiny-gqa2-sharded-bf16",
-    ] {
-        let model = load(name);
+    let models = [
+        ("tiny-gqa4-tied", Precision::F32),
+        ("tiny-mha-untied-hd", Precision::F32),
+        ("tiny-gqa2-sharded-bf16", Precision::F32),
+        ("tiny-gqa4-tied", Precision::Bf16),
+        ("tiny-gqa2-sharded-bf16", Precision::Bf16),
+    ];
+    for (name, precision) in models {
+        let model = load_at(name, precision);
+        let name = format!("{name} at {precision}");
         let reqs = requests(&model, 21, 16);
         let want = alone(&model, &reqs);
         let batched = |cfg: EngineConfig| {
@@ -150,7 +159,13 @@ fn every_request_is_bitwise_the_same_however_it_was_batched() {
 /// The load: 200 mixed requests with and without preemption give the same tokens.
 #[test]
 fn two_hundred_sampled_requests_survive_preemption_unchanged() {
-    let model = load("tiny-gqa4-tied");
+    for precision in [Precision::F32, Precision::Bf16] {
+        two_hundred_at(precision);
+    }
+}
+
+fn two_hundred_at(precision: Precision) {
+    let model = load_at("tiny-gqa4-tied", precision);
     let reqs = requests(&model, 200, 24);
     let mut roomy = Engine::new(&model, None, EngineConfig::default()).unwrap();
     let want = run(&mut roomy, &reqs);
@@ -169,5 +184,9 @@ fn two_hundred_sampled_requests_survive_preemption_unchanged() {
         "only {} preemptions",
         tight.stats.preemptions
     );
-    assert_same(&got, &want, "200 requests, 40 blocks");
+    assert_same(
+        &got,
+        &want,
+        &format!("200 requests, 40 blocks, {precision}"),
+    );
 }

@@ -34,7 +34,7 @@ const TIE_MARGIN: f32 = 0.02;
 fn models_0p6b_shaped(be: CudaBackend) -> (Qwen3<CpuBackend>, Qwen3<CudaBackend>) {
     let config = qwen3_0p6b_config(4).unwrap();
     let ckpt = random_checkpoint(&config, 11).unwrap();
-    let cpu = Qwen3::from_checkpoint(CpuBackend, config.clone(), &ckpt).unwrap();
+    let cpu = Qwen3::from_checkpoint(CpuBackend::default(), config.clone(), &ckpt).unwrap();
     let gpu = Qwen3::from_checkpoint(be, config, &ckpt).unwrap();
     (cpu, gpu)
 }
@@ -185,7 +185,7 @@ fn batched_greedy_engine_matches_cpu_up_to_near_ties() {
     };
     for name in common::MODELS {
         let dir = common::model_dir(name);
-        let cpu = Qwen3::load(CpuBackend, &dir).unwrap();
+        let cpu = Qwen3::load(CpuBackend::default(), &dir).unwrap();
         let gpu = Qwen3::load(be.clone(), &dir).unwrap();
         check_engine(&cpu, &gpu, name);
     }

@@ -12,7 +12,9 @@
 
 mod common;
 
-use asyncthink::backend::cpu::{CpuBackend, CpuTensor, activation, attention, norm, rope};
+use asyncthink::backend::cpu::{
+    CpuBackend, CpuTensor, Precision, activation, attention, norm, rope,
+};
 use asyncthink::backend::cuda::CudaBackend;
 use asyncthink::backend::{AttentionShape, Backend};
 use asyncthink::kv::KvLayout;
@@ -111,7 +113,12 @@ fn rms_norm_and_fused_residual_add_match_cpu() {
         let wd = weight(&be, &w, &[cols]);
         let xt = be.tensor_from_host(&x, rows, cols).unwrap();
         let got = be.to_host(&be.rms_norm(&xt, &wd, 1e-6).unwrap()).unwrap();
-        let want = norm::rms_norm(&CpuTensor::new(x.clone(), rows, cols), &w, 1e-6);
+        let want = norm::rms_norm(
+            &CpuTensor::new(x.clone(), rows, cols),
+            &w,
+            1e-6,
+            Precision::F32,
+        );
         assert_close(
             &format!("rms_norm {rows}x{cols}"),
             &got,
@@ -126,7 +133,12 @@ fn rms_norm_and_fused_residual_add_match_cpu() {
             .to_host(&be.add_rms_norm(&mut res, &delta, &wd, 1e-6).unwrap())
             .unwrap();
         let sum = round_bf16(&x.iter().zip(&d).map(|(a, b)| a + b).collect::<Vec<_>>());
-        let want = norm::rms_norm(&CpuTensor::new(sum.clone(), rows, cols), &w, 1e-6);
+        let want = norm::rms_norm(
+            &CpuTensor::new(sum.clone(), rows, cols),
+            &w,
+            1e-6,
+            Precision::F32,
+        );
         assert_close("add_rms_norm out", &got, &want.data, ELEM_TOL);
         assert_eq!(be.to_host(&res).unwrap(), sum, "add_rms_norm residual");
     }
@@ -148,6 +160,7 @@ fn swiglu_matches_cpu() {
         let want = activation::swiglu(
             &CpuTensor::new(g, rows, cols),
             &CpuTensor::new(u, rows, cols),
+            Precision::F32,
         );
         assert_close(&format!("swiglu {rows}x{cols}"), &got, &want.data, ELEM_TOL);
     }
@@ -191,7 +204,17 @@ fn qk_norm_rope_and_fused_cache_write_match_cpu() {
         let (qwd, kwd) = (weight(&be, &qw, &[d]), weight(&be, &kw, &[d]));
         let mut qc = CpuTensor::new(q.clone(), rows, h * d);
         let mut kc = CpuTensor::new(k.clone(), rows, kvh * d);
-        rope::qk_norm_rope(&mut qc, &mut kc, &qw, &kw, d, 1e-6, &rope_p, &positions);
+        rope::qk_norm_rope(
+            &mut qc,
+            &mut kc,
+            &qw,
+            &kw,
+            d,
+            1e-6,
+            &rope_p,
+            &positions,
+            Precision::F32,
+        );
 
         let mut qg = be.tensor_from_host(&q, rows, h * d).unwrap();
         let mut kg = be.tensor_from_host(&k, rows, kvh * d).unwrap();
@@ -313,7 +336,15 @@ fn check_attention_paged(
     let q = rand_bf16(rows * shape.num_heads * shape.head_dim, 14, 2.0);
     let qc = CpuTensor::new(q.clone(), rows, shape.num_heads * shape.head_dim);
     let n = layout.layer_elems();
-    let want = attention::paged_attention(&qc, &k[n..2 * n], &v[n..2 * n], &layout, &batch, shape);
+    let want = attention::paged_attention(
+        &qc,
+        &k[n..2 * n],
+        &v[n..2 * n],
+        &layout,
+        &batch,
+        shape,
+        Precision::F32,
+    );
     let qg = be.tensor_from_host(&q, rows, qc.cols).unwrap();
     let got = be
         .to_host(&be.attention(&qg, &cache, 1, &batch, shape).unwrap())
@@ -433,7 +464,7 @@ fn model_logits_match_cpu_on_tiny_fixtures() {
     };
     for name in common::MODELS {
         let dir = common::model_dir(name);
-        let cpu = Qwen3::load(CpuBackend, &dir).unwrap();
+        let cpu = Qwen3::load(CpuBackend::default(), &dir).unwrap();
         let gpu = Qwen3::load(be.clone(), &dir).unwrap();
         let vocab = cpu.config.vocab_size;
         let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % vocab as u32).collect();

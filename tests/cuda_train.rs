@@ -47,7 +47,7 @@ fn weights(
     let (bytes, shape) = host_tensor(data, shape);
     let t = HostTensor::from_f32_bytes(&bytes, shape);
     (
-        CpuBackend.load_master_weight(&t).unwrap(),
+        CpuBackend::default().load_master_weight(&t).unwrap(),
         be.load_master_weight(&t).unwrap(),
     )
 }
@@ -82,11 +82,11 @@ fn linear_backward_matches_cpu() {
         let (wc, wg) = weights(&be, &rand_bf16(n * k, 1, 0.5), &[n, k]);
         let (xc, xg) = tensors(&be, &rand_bf16(m * k, 2, 1.0), m, k);
         let (dyc, dyg) = tensors(&be, &rand_bf16(m * n, 3, 1.0), m, n);
-        let mut dwc = CpuBackend.zeros_grad(&wc).unwrap();
+        let mut dwc = CpuBackend::default().zeros_grad(&wc).unwrap();
         let mut dwg = be.zeros_grad(&wg).unwrap();
         // Twice: the weight gradient accumulates.
         for _ in 0..2 {
-            let dxc = CpuBackend
+            let dxc = CpuBackend::default()
                 .linear_backward(&xc, &wc, &dyc, &mut dwc)
                 .unwrap();
             let dxg = be.linear_backward(&xg, &wg, &dyg, &mut dwg).unwrap();
@@ -120,9 +120,9 @@ fn rms_norm_backward_matches_cpu() {
         let (wc, wg) = weights(&be, &rand_bf16(cols, 4, 1.0), &[cols]);
         let (xc, xg) = tensors(&be, &rand_bf16(rows * cols, 5, 2.0), rows, cols);
         let (dyc, dyg) = tensors(&be, &rand_bf16(rows * cols, 6, 1.0), rows, cols);
-        let mut dwc = CpuBackend.zeros_grad(&wc).unwrap();
+        let mut dwc = CpuBackend::default().zeros_grad(&wc).unwrap();
         let mut dwg = be.zeros_grad(&wg).unwrap();
-        let dxc = CpuBackend
+        let dxc = CpuBackend::default()
             .rms_norm_backward(&xc, &wc, &dyc, 1e-6, &mut dwc)
             .unwrap();
         let dxg = be
@@ -176,7 +176,7 @@ fn qk_norm_rope_backward_matches_cpu() {
         let (dkc, dkg) = tensors(&be, &rand_bf16(rows * kw, 12, 1.0), rows, kw);
         let (mut gqc, mut gkc) = (vec![0f32; hd], vec![0f32; hd]);
         let (mut gqg, mut gkg) = (be.zeros_grad(&qn_g).unwrap(), be.zeros_grad(&kn_g).unwrap());
-        let (dq_c, dk_c) = CpuBackend
+        let (dq_c, dk_c) = CpuBackend::default()
             .qk_norm_rope_backward(
                 &qc, &kc, dqc, dkc, &qn_c, &kn_c, &mut gqc, &mut gkc, shape, 1e-6, &rope,
                 &positions,
@@ -248,7 +248,9 @@ fn swiglu_backward_matches_cpu() {
     let (gc, gg) = tensors(&be, &rand_bf16(rows * cols, 13, 6.0), rows, cols);
     let (uc, ug) = tensors(&be, &rand_bf16(rows * cols, 14, 2.0), rows, cols);
     let (dc, dg) = tensors(&be, &rand_bf16(rows * cols, 15, 1.0), rows, cols);
-    let (dgc, duc) = CpuBackend.swiglu_backward(&gc, &uc, &dc).unwrap();
+    let (dgc, duc) = CpuBackend::default()
+        .swiglu_backward(&gc, &uc, &dc)
+        .unwrap();
     let (dgg, dug) = be.swiglu_backward(&gg, &ug, &dg).unwrap();
     // Elementwise: one rounding of the same f32 formula.
     assert_close("swiglu dgate", &be.to_host(&dgg).unwrap(), &dgc.data, 1e-2);
@@ -274,9 +276,11 @@ fn embedding_backward_matches_cpu() {
         ids.len(),
         hidden,
     );
-    let mut dwc = CpuBackend.zeros_grad(&wc).unwrap();
+    let mut dwc = CpuBackend::default().zeros_grad(&wc).unwrap();
     let mut dwg = be.zeros_grad(&wg).unwrap();
-    CpuBackend.embedding_backward(&ids, &dyc, &mut dwc).unwrap();
+    CpuBackend::default()
+        .embedding_backward(&ids, &dyc, &mut dwc)
+        .unwrap();
     be.embedding_backward(&ids, &dyg, &mut dwg).unwrap();
     assert_rel(
         "embedding dw",
@@ -322,7 +326,7 @@ fn varlen_attention_forward_and_backward_match_cpu() {
         let (qc, qg) = tensors(&be, &rand_bf16(rows * qw, 18, 1.0), rows, qw);
         let (kc, kg) = tensors(&be, &rand_bf16(rows * kw, 19, 1.0), rows, kw);
         let (vc, vg) = tensors(&be, &rand_bf16(rows * kw, 20, 1.0), rows, kw);
-        let (oc, lse_c) = CpuBackend
+        let (oc, lse_c) = CpuBackend::default()
             .varlen_attention(&qc, &kc, &vc, &bounds, shape)
             .unwrap();
         let (og, lse_g) = be.varlen_attention(&qg, &kg, &vg, &bounds, shape).unwrap();
@@ -347,7 +351,7 @@ fn varlen_attention_forward_and_backward_match_cpu() {
             .stats_from_host(&lse_c.data, rows, shape.num_heads)
             .unwrap();
         let (doc, dog) = tensors(&be, &rand_bf16(rows * qw, 21, 1.0), rows, qw);
-        let (dqc, dkc, dvc) = CpuBackend
+        let (dqc, dkc, dvc) = CpuBackend::default()
             .varlen_attention_backward(&qc, &kc, &vc, &oc, &lse_c, &doc, &bounds, shape)
             .unwrap();
         let (dqg, dkg, dvg) = be
@@ -399,9 +403,9 @@ fn fused_cross_entropy_matches_cpu() {
             }
         })
         .collect();
-    let mut dwc = CpuBackend.zeros_grad(&wc).unwrap();
+    let mut dwc = CpuBackend::default().zeros_grad(&wc).unwrap();
     let mut dwg = be.zeros_grad(&wg).unwrap();
-    let (lc, tlc, dhc) = CpuBackend
+    let (lc, tlc, dhc) = CpuBackend::default()
         .cross_entropy(&hc, &wc, &targets, &loss_weights, 7.0, &mut dwc)
         .unwrap();
     let (lg, tlg, dhg) = be
@@ -423,7 +427,9 @@ fn fused_cross_entropy_matches_cpu() {
         &doubled(&dwc),
         BF16_TOL,
     );
-    let lp_c = CpuBackend.target_log_probs(&hc, &wc, &targets).unwrap();
+    let lp_c = CpuBackend::default()
+        .target_log_probs(&hc, &wc, &targets)
+        .unwrap();
     let lp_g = be.target_log_probs(&hg, &wg, &targets).unwrap();
     assert_close("target log-probs", &lp_g, &lp_c, F32_TOL);
 }
@@ -443,9 +449,9 @@ fn cross_entropy_takes_more_rows_than_grid_y() {
     let (hc, hg) = tensors(&be, &rand_bf16(rows * hidden, 31, 1.0), rows, hidden);
     let targets: Vec<u32> = (0..rows as u32).map(|i| i * 7 % vocab as u32).collect();
     let loss_weights = vec![1.0f32; rows];
-    let mut dwc = CpuBackend.zeros_grad(&wc).unwrap();
+    let mut dwc = CpuBackend::default().zeros_grad(&wc).unwrap();
     let mut dwg = be.zeros_grad(&wg).unwrap();
-    let (lc, _, dhc) = CpuBackend
+    let (lc, _, dhc) = CpuBackend::default()
         .cross_entropy(&hc, &wc, &targets, &loss_weights, rows as f32, &mut dwc)
         .unwrap();
     let (lg, _, dhg) = be
@@ -482,7 +488,7 @@ fn fused_adamw_matches_cpu_and_keeps_the_bf16_copy_in_step() {
     let Some(be) = gpu("adamw") else { return };
     let n = 5000;
     let (mut wc, mut wg) = weights(&be, &rand_bf16(n, 24, 1.0), &[50, 100]);
-    let mut sc = CpuBackend.new_opt_state(&wc).unwrap();
+    let mut sc = CpuBackend::default().new_opt_state(&wc).unwrap();
     let mut sg = be.new_opt_state(&wg).unwrap();
     for step in 1..=3u64 {
         let g = rand_bf16(n, 100 + step, 0.1);
@@ -496,14 +502,16 @@ fn fused_adamw_matches_cpu_and_keeps_the_bf16_copy_in_step() {
             grad_scale: 0.5,
             step,
         };
-        CpuBackend.adamw(&mut wc, &g, &mut sc, &hp).unwrap();
+        CpuBackend::default()
+            .adamw(&mut wc, &g, &mut sc, &hp)
+            .unwrap();
         be.adamw(&mut wg, &gg, &mut sg, &hp).unwrap();
     }
     let master = be.weight_to_host(&wg).unwrap();
     assert_close(
         "adamw master",
         &master,
-        &CpuBackend.weight_to_host(&wc).unwrap(),
+        &CpuBackend::default().weight_to_host(&wc).unwrap(),
         1e-6,
     );
     assert_eq!(
@@ -569,7 +577,7 @@ fn model_gradients_match_cpu_on_tiny_fixtures() {
     };
     for name in ["tiny-gqa4-tied", "tiny-mha-untied-hd"] {
         let (batch, torch_loss) = fixture_batch(name);
-        let cpu = Qwen3::load_for_training(CpuBackend, &model_dir(name)).unwrap();
+        let cpu = Qwen3::load_for_training(CpuBackend::default(), &model_dir(name)).unwrap();
         let gpu_model = Qwen3::load_for_training(be.clone(), &model_dir(name)).unwrap();
         let mut gc = Gradients::zeros(&cpu).unwrap();
         let mut gg = Gradients::zeros(&gpu_model).unwrap();

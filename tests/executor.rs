@@ -16,7 +16,7 @@ use asyncthink::tokenizer::Tokenizer;
 /// refusal cases below are sized for.
 fn setup() -> (Qwen3<CpuBackend>, Tokenizer) {
     ModelSource::Dir(common::fixtures().join("models/tiny-gqa4-tied"))
-        .load(CpuBackend)
+        .load(CpuBackend::default())
         .unwrap()
 }
 

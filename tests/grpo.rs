@@ -1,7 +1,7 @@
 //! GRPO on the tiny model: the sampler's and trainer's log-probs agree, and with a fixed
 //! scripted reward the mean reward rises.
 
-use asyncthink::backend::cpu::CpuBackend;
+use asyncthink::backend::cpu::{CpuBackend, Precision};
 use asyncthink::engine::{Engine, EngineConfig, SamplingParams};
 use asyncthink::model::ModelSource;
 use asyncthink::train::grpo::{GrpoConfig, RewardScale, advantages};
@@ -59,7 +59,15 @@ fn rollouts(
 
 #[test]
 fn sampler_and_trainer_log_probs_agree() {
-    let (mut model, _) = tiny_model().load_for_training(CpuBackend).unwrap();
+    for precision in [Precision::F32, Precision::Bf16] {
+        sampler_and_trainer_agree_at(precision);
+    }
+}
+
+fn sampler_and_trainer_agree_at(precision: Precision) {
+    let (mut model, _) = tiny_model()
+        .load_for_training(CpuBackend::new(precision))
+        .unwrap();
     let prompts = vec![
         vec![501u32, 487, 198, 18, 261, 220, 19, 502],
         vec![5u32; 20],
@@ -89,15 +97,15 @@ fn sampler_and_trainer_log_probs_agree() {
     )
     .unwrap();
     println!(
-        "log-prob gap: max {:.2e}, mean {:.2e}",
+        "{precision}: log-prob gap: max {:.2e}, mean {:.2e}",
         stats.logprob_gap_max, stats.logprob_gap_mean
     );
     // Exactly zero: the sampler's decode steps and the trainer's packed forward share every
     // kernel's reduction order (the packed product, one attention body, one log-prob), so
-    // the trainer recomputes the sampler's numbers bit for bit.
+    // the trainer recomputes the sampler's numbers bit for bit, at either precision.
     assert_eq!(
         stats.logprob_gap_max, 0.0,
-        "mean gap {}",
+        "{precision}: mean gap {}",
         stats.logprob_gap_mean
     );
     assert!(
@@ -108,7 +116,9 @@ fn sampler_and_trainer_log_probs_agree() {
 
 #[test]
 fn grpo_raises_a_scripted_reward() {
-    let (mut model, _) = tiny_model().load_for_training(CpuBackend).unwrap();
+    let (mut model, _) = tiny_model()
+        .load_for_training(CpuBackend::default())
+        .unwrap();
     let prompts: Vec<Vec<u32>> = (0..4)
         .map(|i| vec![501, 487, 198, 100 + i, 502, 501])
         .collect();

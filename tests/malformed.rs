@@ -43,7 +43,7 @@ fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<us
 }
 
 fn load_err(dir: &Path) -> Error {
-    match Qwen3::load(CpuBackend, dir) {
+    match Qwen3::load(CpuBackend::default(), dir) {
         Ok(_) => panic!("loading {} should fail", dir.display()),
         Err(e) => e,
     }

@@ -30,7 +30,7 @@ fn episode_body(extra: Value) -> Value {
 /// The same question through the executor directly: greedy, capacity 4, the server's
 /// default budgets (organizer 512 tokens, workers 256).
 fn offline_episode() -> (String, usize, usize) {
-    let (model, tokenizer) = ModelSource::Embedded.load(CpuBackend).unwrap();
+    let (model, tokenizer) = ModelSource::Embedded.load(CpuBackend::default()).unwrap();
     let mut engine = Engine::new(&model, Some(&tokenizer), EngineConfig::default()).unwrap();
     let mut cfg = ExecutorConfig::new(4);
     for p in [&mut cfg.organizer, &mut cfg.worker] {

@@ -47,7 +47,9 @@ fn config(steps: u64) -> SftConfig {
 }
 
 fn trainer(steps: u64) -> SftTrainer<CpuBackend> {
-    let (model, tok) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let (model, tok) = ModelSource::Embedded
+        .load_for_training(CpuBackend::default())
+        .unwrap();
     let data = dataset(&tok);
     SftTrainer::new(
         model,
@@ -61,7 +63,7 @@ fn trainer(steps: u64) -> SftTrainer<CpuBackend> {
 
 #[test]
 fn assistant_tokens_only_carry_loss() {
-    let (_, tok) = ModelSource::Embedded.load(CpuBackend).unwrap();
+    let (_, tok) = ModelSource::Embedded.load(CpuBackend::default()).unwrap();
     let msgs = [
         ChatMessage::new("user", "hi"),
         ChatMessage::new("assistant", "A<JOIN-1>xyz</JOIN-1>B"),
@@ -111,10 +113,10 @@ fn resumed_training_continues_the_same_loss_curve() {
     let ckpt = dir.path().join("ckpt");
     first_half.save(&ckpt).unwrap();
     drop(first_half);
-    let (_, tok) = ModelSource::Embedded.load(CpuBackend).unwrap();
+    let (_, tok) = ModelSource::Embedded.load(CpuBackend::default()).unwrap();
     let data = dataset(&tok);
     let mut resumed =
-        SftTrainer::resume(CpuBackend, &ckpt, data.clone(), data, Vec::new()).unwrap();
+        SftTrainer::resume(CpuBackend::default(), &ckpt, data.clone(), data, Vec::new()).unwrap();
     assert_eq!(resumed.state.step, 6);
     while !resumed.is_done() {
         got.push(resumed.train_step().unwrap().loss);
@@ -134,7 +136,7 @@ fn saved_checkpoint_reloads_with_identical_logits() {
     let ids: Vec<u32> = vec![501, 487, 198, 18, 261, 220, 19, 502];
     let mut engine = Engine::new(&t.model, None, EngineConfig::default()).unwrap();
     let before = engine.logits_all(&ids).unwrap();
-    let reloaded = Qwen3::load(CpuBackend, &ckpt).unwrap();
+    let reloaded = Qwen3::load(CpuBackend::default(), &ckpt).unwrap();
     let mut engine = Engine::new(&reloaded, None, EngineConfig::default()).unwrap();
     assert_eq!(engine.logits_all(&ids).unwrap(), before);
     assert!(
@@ -146,7 +148,9 @@ fn saved_checkpoint_reloads_with_identical_logits() {
 
 #[test]
 fn evaluation_loss_equals_the_training_loss_on_the_same_data_before_an_update() {
-    let (model, tok) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let (model, tok) = ModelSource::Embedded
+        .load_for_training(CpuBackend::default())
+        .unwrap();
     let data = dataset(&tok);
     // A micro-batch of exactly one epoch: every example once.
     let epoch_tokens = data.iter().map(|e| e.ids.len()).sum();
@@ -171,7 +175,9 @@ fn evaluation_loss_equals_the_training_loss_on_the_same_data_before_an_update() 
 fn forward_only_log_probs_match_the_loss_pass() {
     use asyncthink::train::grad::target_log_probs;
     use asyncthink::train::{Gradients, TrainBatch, loss_and_grad};
-    let (model, tok) = ModelSource::Embedded.load_for_training(CpuBackend).unwrap();
+    let (model, tok) = ModelSource::Embedded
+        .load_for_training(CpuBackend::default())
+        .unwrap();
     let data = dataset(&tok);
     let seqs: Vec<(Vec<u32>, Vec<f32>)> = data
         .iter()
@@ -194,7 +200,7 @@ fn forward_only_log_probs_match_the_loss_pass() {
 
 #[test]
 fn a_message_with_an_unknown_role_is_its_lines_error() {
-    let (_, tok) = ModelSource::Embedded.load(CpuBackend).unwrap();
+    let (_, tok) = ModelSource::Embedded.load(CpuBackend::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.jsonl");
     let good = r#"{"messages": [{"role": "user", "content": "7*6"}, {"role": "assistant", "content": "42"}]}"#;

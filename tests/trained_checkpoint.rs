@@ -54,7 +54,7 @@ fn trainer_checkpoint_matches_transformers_logits() {
     )
     .unwrap();
     assert_eq!(evidence["loaded_ok"], true);
-    let model = Qwen3::load(CpuBackend, &dir.path().join("final")).unwrap();
+    let model = Qwen3::load(CpuBackend::default(), &dir.path().join("final")).unwrap();
     let mut engine = Engine::new(&model, None, EngineConfig::default()).unwrap();
     for (name, case) in evidence["logits"].as_object().unwrap() {
         let ids: Vec<u32> = case["ids"]

@@ -137,7 +137,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
     args.engine.validate()?;
     args.graphs.validate()?;
     args.model.init_threads()?;
-    on_device!(args.device, args.graphs, backend => run_on(args, backend))
+    on_device!(args.device, args.model.precision, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: BatchArgs, backend: B) -> Result<()> {

@@ -8,7 +8,6 @@ use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
 use super::ModelArgs;
-use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::{Error, Result};
 
@@ -40,7 +39,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     args.model.init_threads()?;
     let source = args.model.source();
     let load_start = std::time::Instant::now();
-    let (model, _tokenizer) = source.load(CpuBackend)?;
+    let (model, _tokenizer) = source.load(args.model.cpu_backend())?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
@@ -85,6 +84,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "model": source.describe(),
         "weights_dtype": model.config.dtype.map(|d| d.hf_name()),
         "threads": rayon::current_num_threads(),
+        "precision": args.model.precision.name(),
+        "bf16_kernel": (args.model.precision == crate::backend::cpu::Precision::Bf16)
+            .then(|| crate::backend::cpu::bf16_linear::Bf16Kernel::best().name()),
         "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
@@ -133,8 +135,21 @@ pub fn write_report(
     Ok(())
 }
 
-/// CPU model name and core count, so a JSON report says what it was measured on.
+/// CPU model name, core count and the vector units the kernels choose between, so a JSON
+/// report says what it was measured on (machines of one kind differ in these).
 pub fn machine_description() -> String {
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        })
+        .unwrap_or_default();
+    let units: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
+        .into_iter()
+        .filter(|u| flags.iter().any(|f| f == u))
+        .collect();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -145,5 +160,5 @@ pub fn machine_description() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
+    format!("{cpu}, {cores} cores, {}", units.join(" "))
 }

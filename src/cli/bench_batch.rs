@@ -12,7 +12,6 @@ use super::ModelArgs;
 use super::bench::write_report;
 use crate::Result;
 use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineConfig, SamplingParams};
 use crate::model::Qwen3;
 
@@ -87,7 +86,7 @@ pub fn run(args: BenchBatchArgs) -> Result<()> {
     at_least("--forks", args.forks, 1)?;
     args.model.init_threads()?;
     let source = args.model.source();
-    let (model, _) = source.load(CpuBackend)?;
+    let (model, _) = source.load(args.model.cpu_backend())?;
     let vocab = model.config.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
 

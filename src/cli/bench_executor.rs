@@ -150,7 +150,7 @@ pub fn run(args: BenchExecutorArgs) -> Result<()> {
     super::validate::at_least("--questions", args.questions, 1)?;
     args.model.init_threads()?;
     let source = args.model.source();
-    let (model, tokenizer) = source.load(CpuBackend)?;
+    let (model, tokenizer) = source.load(args.model.cpu_backend())?;
 
     let mut rows = Vec::new();
     // Four measurements per capacity: one episode, the plain engine at its width, a batch of

@@ -202,7 +202,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         None => {
             let init = out.join("init");
             let (model, _, files) = fresh_model(
-                CpuBackend,
+                CpuBackend::new(args.model.precision),
                 &FRESH_SHAPE,
                 &super::experiment::tag_tokens(),
                 args.seed,
@@ -221,7 +221,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ..args.model.clone()
     };
     let source = start_model.source();
-    let (model, tokenizer) = source.load_for_training(CpuBackend)?;
+    let (model, tokenizer) = source.load_for_training(CpuBackend::new(args.model.precision))?;
     // Never past the model's positions (the tiny default has 512): longer traces are cut,
     // and the run says so.
     let max_len = 1024.min(model.config.max_position_embeddings);
@@ -273,6 +273,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             model: Some(sft_dir.clone()),
             threads: None,
             skip_weight_check: args.model.skip_weight_check,
+            precision: args.model.precision,
         },
         tasks: train_path,
         task: TaskName::Arithmetic,
@@ -318,6 +319,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             model: Some(sft_dir.clone()),
             threads: None,
             skip_weight_check: args.model.skip_weight_check,
+            precision: args.model.precision,
         },
         &eval_path,
         args.capacity,
@@ -329,6 +331,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         model: Some(grpo_dir.join("final")),
         threads: None,
         skip_weight_check: args.model.skip_weight_check,
+        precision: args.model.precision,
     };
     let trained = eval_all(
         trained_model,

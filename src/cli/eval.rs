@@ -97,7 +97,7 @@ pub fn evaluate<T: Task>(
 where
     T::Item: DeserializeOwned,
 {
-    on_device!(args.device, args.graphs, backend => evaluate_on::<T, _>(args, mode, backend))
+    on_device!(args.device, args.model.precision, args.graphs, backend => evaluate_on::<T, _>(args, mode, backend))
 }
 
 fn evaluate_on<T: Task, B: Backend>(

@@ -107,7 +107,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     args.validate()?;
     args.model.init_threads()?;
     args.sampling.params().validate()?;
-    on_device!(args.device, args.graphs, backend => run_on(args, backend))
+    on_device!(args.device, args.model.precision, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: GenerateArgs, backend: B) -> Result<()> {

@@ -262,7 +262,7 @@ fn train<T: Task, B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<Gr
 }
 
 pub fn run_with(args: &GrpoArgs) -> Result<Vec<GrpoStepLog>> {
-    on_device!(args.device, args.graphs, backend => run_task(args, backend))
+    on_device!(args.device, args.model.precision, args.graphs, backend => run_task(args, backend))
 }
 
 fn run_task<B: TrainBackend>(args: &GrpoArgs, backend: B) -> Result<Vec<GrpoStepLog>> {

@@ -45,7 +45,7 @@ impl LogitsArgs {
 pub fn run(args: LogitsArgs) -> Result<()> {
     args.validate()?;
     args.model.init_threads()?;
-    on_device!(args.device, args.graphs, backend => run_on(args, backend))
+    on_device!(args.device, args.model.precision, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: LogitsArgs, backend: B) -> Result<()> {

@@ -1,16 +1,17 @@
 //! The `asyncthink` command line: one file per subcommand.
 
-/// Runs `$body` with `$backend` bound to the backend `$device` names (on CUDA with `$graphs`'
-/// CUDA-graph settings, graphs on when not given). A macro, not a function
+/// Runs `$body` with `$backend` bound to the backend `$device` names (on the CPU at
+/// `$precision`, on CUDA with `$graphs`' CUDA-graph settings, graphs on when not given).
+/// A macro, not a function
 /// taking a closure: the body is generic over the backend type, which a closure cannot be.
 macro_rules! on_device {
-    ($device:expr, $backend:ident => $body:expr) => {
-        on_device!($device, $crate::cli::CudaGraphArgs::on(), $backend => $body)
+    ($device:expr, $precision:expr, $backend:ident => $body:expr) => {
+        on_device!($device, $precision, $crate::cli::CudaGraphArgs::on(), $backend => $body)
     };
-    ($device:expr, $graphs:expr, $backend:ident => $body:expr) => {
+    ($device:expr, $precision:expr, $graphs:expr, $backend:ident => $body:expr) => {
         match $device {
             $crate::cli::Device::Cpu => {
-                let $backend = $crate::backend::cpu::CpuBackend;
+                let $backend = $crate::backend::cpu::CpuBackend::new($precision);
                 $body
             }
             #[cfg(feature = "cuda")]
@@ -216,6 +217,12 @@ pub struct ModelArgs {
     /// logits, request by request.
     #[arg(long)]
     pub skip_weight_check: bool,
+    /// Arithmetic of the CPU backend: `f32` (the reference the parity tests hold against
+    /// transformers' f32 run) or `bf16` (rounds where transformers' bf16 run rounds; its
+    /// products run on the CPU's bf16 units, AMX where present). Both are batch-invariant.
+    /// Ignored by --device cuda, which computes in bf16.
+    #[arg(long, default_value_t = crate::backend::cpu::Precision::F32)]
+    pub precision: crate::backend::cpu::Precision,
 }
 
 impl ModelArgs {
@@ -223,9 +230,18 @@ impl ModelArgs {
         ModelSource::from_arg(self.model.as_deref())
     }
 
+    /// The CPU backend at --precision.
+    pub fn cpu_backend(&self) -> crate::backend::cpu::CpuBackend {
+        crate::backend::cpu::CpuBackend::new(self.precision)
+    }
+
     /// Process-wide settings every model-running command applies first: CPU threads (with
     /// this thread, which drives the engine, in the pool) and the load-time weight check.
     pub fn init_threads(&self) -> Result<()> {
+        if self.precision == crate::backend::cpu::Precision::Bf16 {
+            let kernel = crate::backend::cpu::bf16_linear::Bf16Kernel::best();
+            eprintln!("cpu precision bf16: products on {}", kernel.name());
+        }
         crate::model::checkpoint::set_weight_check(!self.skip_weight_check);
         crate::backend::cpu::threads::drive_from_this_thread(self.threads)
     }

@@ -73,10 +73,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         stream_interval: args.stream_interval,
     };
     let engine = args.engine.clone();
+    let cpu = args.model.cpu_backend();
     let server = match args.device {
         Device::Cpu => crate::serve::start(cfg, move || {
             crate::backend::cpu::threads::drive_from_this_thread(threads)?;
-            let (model, tokenizer) = source.load(crate::backend::cpu::CpuBackend)?;
+            let (model, tokenizer) = source.load(cpu)?;
             let engine = engine.config(&model)?;
             Ok(Loaded {
                 model,

@@ -99,7 +99,7 @@ impl SftArgs {
 pub fn run(args: SftArgs) -> Result<()> {
     args.validate()?;
     args.model.init_threads()?;
-    on_device!(args.device, backend => run_on(args, backend))
+    on_device!(args.device, args.model.precision, backend => run_on(args, backend))
 }
 
 /// Tokenizes `path`, saying how many conversations `max_len` cut.

@@ -76,7 +76,7 @@ pub fn run(args: ThinkArgs) -> Result<()> {
     for p in args.trace.iter().chain(&args.svg) {
         prepare_output(p)?;
     }
-    on_device!(args.device, args.graphs, backend => run_on(args, backend))
+    on_device!(args.device, args.model.precision, args.graphs, backend => run_on(args, backend))
 }
 
 fn run_on<B: Backend>(args: ThinkArgs, backend: B) -> Result<()> {

@@ -189,7 +189,7 @@ mod tests {
         use crate::model::ModelSource;
         let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/models/tiny-gqa4-tied");
-        let (model, _) = ModelSource::Dir(tiny).load(CpuBackend).unwrap();
+        let (model, _) = ModelSource::Dir(tiny).load(CpuBackend::default()).unwrap();
         let cfg = EngineConfig::default();
         let per_seq = model
             .config

@@ -140,7 +140,7 @@ mod tests {
             max_positions: 128,
         };
         let tags = vec!["<FORK-1>".to_string(), "</FORK-1>".to_string()];
-        let (model, tok, files) = fresh_model(CpuBackend, &shape, &tags, 3).unwrap();
+        let (model, tok, files) = fresh_model(CpuBackend::default(), &shape, &tags, 3).unwrap();
         assert_eq!(model.config.vocab_size % 16, 0);
         assert!(model.config.vocab_size >= tok.vocab_size());
         let ids = tok.encode("a<FORK-1>7*6</FORK-1>").unwrap();
@@ -150,11 +150,11 @@ mod tests {
         save_fresh(&model, &files, &dir).unwrap();
         let back = Tokenizer::from_dir(&dir).unwrap();
         assert_eq!(back.encode("a<FORK-1>7*6</FORK-1>").unwrap(), ids);
-        let loaded = Qwen3::load_for_training(CpuBackend, &dir).unwrap();
+        let loaded = Qwen3::load_for_training(CpuBackend::default(), &dir).unwrap();
         assert_eq!(loaded.config, model.config);
         std::fs::remove_dir_all(&dir).unwrap();
         let mut bad = shape;
         bad.kv_heads = 3;
-        assert!(fresh_model(CpuBackend, &bad, &tags, 3).is_err());
+        assert!(fresh_model(CpuBackend::default(), &bad, &tags, 3).is_err());
     }
 }

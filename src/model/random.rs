@@ -167,16 +167,17 @@ mod tests {
             let c = tiny(tied);
             let ckpt = random_checkpoint(&c, 7).unwrap();
             assert_eq!(ckpt.tensor_names().count(), parameter_shapes(&c).len());
-            let model = Qwen3::from_checkpoint(CpuBackend, c.clone(), &ckpt).unwrap();
+            let model = Qwen3::from_checkpoint(CpuBackend::default(), c.clone(), &ckpt).unwrap();
             let names: Vec<String> = model.parameters().into_iter().map(|(n, _)| n).collect();
             let want: Vec<String> = parameter_shapes(&c).into_iter().map(|(n, _)| n).collect();
             assert_eq!(names, want);
             let mut kv =
-                crate::backend::Backend::alloc_kv(&CpuBackend, model.kv_layout(2, 16)).unwrap();
+                crate::backend::Backend::alloc_kv(&CpuBackend::default(), model.kv_layout(2, 16))
+                    .unwrap();
             let mut batch = ForwardBatch::default();
             batch.push(&[1, 5, 299, 7], 0, &[1], 16, Logits::All);
             let logits = crate::backend::Backend::to_host(
-                &CpuBackend,
+                &CpuBackend::default(),
                 &model.forward(&batch, &mut kv).unwrap(),
             )
             .unwrap();

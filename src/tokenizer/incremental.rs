@@ -42,7 +42,7 @@ mod tests {
 
     #[test]
     fn deltas_add_up_to_the_full_decode() {
-        let (_, tok) = ModelSource::Embedded.load(CpuBackend).unwrap();
+        let (_, tok) = ModelSource::Embedded.load(CpuBackend::default()).unwrap();
         for text in [
             "plain ascii <FORK-1>a query</FORK-1> and more",
             "ünïcödé 漢字 and 🙂 emoji, split across byte tokens",

@@ -35,6 +35,9 @@ pub struct Prompt {
 pub struct Greedy {
     pub prompt_ids: Vec<u32>,
     pub new_ids: Vec<u32>,
+    /// Top-1 minus top-2 logit at each step (the bf16 fixture records them all).
+    #[serde(default)]
+    pub margins: Vec<f32>,
 }
 
 #[derive(Deserialize)]
@@ -49,12 +52,23 @@ pub struct Loaded {
     pub logits: Vec<Vec<f32>>,
 }
 
+/// transformers' f32 run (tests/fixtures/make_fixtures.py).
 pub fn reference(name: &str) -> Loaded {
+    reference_run(name, "")
+}
+
+/// transformers' bf16 run (tests/fixtures/make_bf16_fixtures.py).
+pub fn reference_bf16(name: &str) -> Loaded {
+    reference_run(name, ".bf16")
+}
+
+fn reference_run(name: &str, run: &str) -> Loaded {
     let dir = fixtures().join("reference");
-    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).expect("reference json");
+    let text =
+        std::fs::read_to_string(dir.join(format!("{name}{run}.json"))).expect("reference json");
     let reference: Reference = serde_json::from_str(&text).expect("reference json parses");
-    let bytes =
-        std::fs::read(dir.join(format!("{name}.logits.safetensors"))).expect("reference logits");
+    let bytes = std::fs::read(dir.join(format!("{name}{run}.logits.safetensors")))
+        .expect("reference logits");
     let st = SafeTensors::deserialize(&bytes).expect("reference logits parse");
     let logits = (0..reference.prompts.len())
         .map(|i| {
@@ -70,7 +84,8 @@ pub fn reference(name: &str) -> Loaded {
 }
 
 pub fn load(name: &str) -> Qwen3<CpuBackend> {
-    Qwen3::load(CpuBackend, &model_dir(name)).unwrap_or_else(|e| panic!("load {name}: {e}"))
+    Qwen3::load(CpuBackend::default(), &model_dir(name))
+        .unwrap_or_else(|e| panic!("load {name}: {e}"))
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

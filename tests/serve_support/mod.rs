@@ -32,7 +32,7 @@ pub fn start(cfg: ServeConfig) -> Server {
 
 pub fn start_with(cfg: ServeConfig, num_blocks: usize) -> Server {
     serve::start(cfg, move || {
-        let (model, tokenizer) = ModelSource::Embedded.load(CpuBackend)?;
+        let (model, tokenizer) = ModelSource::Embedded.load(CpuBackend::default())?;
         Ok(Loaded {
             model,
             tokenizer,

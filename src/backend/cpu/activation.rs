@@ -1,15 +1,16 @@
-//! SwiGLU: `silu(gate) * up`, where `silu(g) = g * sigmoid(g)`.
+//! SwiGLU: `silu(gate) * up`, where `silu(g) = g * sigmoid(g)`. At bf16 precision silu's
+//! output rounds before the product, as transformers' `act_fn(gate) * up` stores it.
 
 use rayon::prelude::*;
 
-use super::CpuTensor;
+use super::{CpuTensor, Precision};
 
-pub fn swiglu(gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+pub fn swiglu(gate: &CpuTensor, up: &CpuTensor, p: Precision) -> CpuTensor {
     let data = gate
         .data
         .par_iter()
         .zip(up.data.par_iter())
-        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+        .map(|(&g, &u)| p.r(p.r(g / (1.0 + (-g).exp())) * u))
         .collect();
     CpuTensor::new(data, gate.rows, gate.cols)
 }
@@ -22,7 +23,7 @@ mod tests {
     fn known_values() {
         let g = CpuTensor::new(vec![0.0, 1.0, -1.0], 1, 3);
         let u = CpuTensor::new(vec![5.0, 2.0, 2.0], 1, 3);
-        let y = swiglu(&g, &u);
+        let y = swiglu(&g, &u, Precision::F32);
         let s1 = 1.0 / (1.0 + (-1.0f32).exp());
         assert_eq!(y.data[0], 0.0);
         assert!((y.data[1] - 2.0 * s1).abs() < 1e-7);
@@ -60,6 +61,7 @@ mod backward_tests {
             let y = swiglu(
                 &CpuTensor::new(g.to_vec(), 2, 5),
                 &CpuTensor::new(u.to_vec(), 2, 5),
+                Precision::F32,
             );
             y.data
                 .iter()

@@ -4,8 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::CpuTensor;
 use super::dot::dot;
+use super::{CpuTensor, Precision};
 use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
 use crate::model::batch::ForwardBatch;
@@ -32,13 +32,16 @@ struct QueryBlock<Q> {
 /// same from the paged cache (decode, prefill, chunked prefill, recomputation after
 /// preemption) or the trainer's packed batch, alone or with any neighbours. Writes
 /// `[rows][group][head_dim]` into `out` and each query's log-sum-exp of scaled scores
-/// (what the backward recomputes the probabilities from) into `lse`.
+/// (what the backward recomputes the probabilities from) into `lse`. At bf16 precision
+/// the exponentials are rounded to bf16 after their sum and before they weight the
+/// values, as torch's CPU flash attention feeds its bf16 product with V.
 #[inline]
 fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
     block: &QueryBlock<Q>,
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     scale: f32,
+    precision: Precision,
     out: &mut [f32],
     lse: &mut [f32],
 ) {
@@ -69,6 +72,7 @@ fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
         let denom: f32 = scores.iter().sum();
         inv[i] = 1.0 / denom;
         lse[i] = max + denom.ln();
+        precision.round(scores);
     }
     out.fill(0.0);
     for j in 0..len(rows - 1) {
@@ -184,6 +188,7 @@ pub fn paged_attention(
     layout: &KvLayout,
     batch: &ForwardBatch,
     shape: AttentionShape,
+    precision: Precision,
 ) -> CpuTensor {
     let head_dim = shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
@@ -207,7 +212,7 @@ pub fn paged_attention(
         let block = t.queries(q, group, head_dim);
         let keys = |j: usize| &k_pool[at(j)..][..head_dim];
         let values = |j: usize| &v_pool[at(j)..][..head_dim];
-        attend(&block, keys, values, scale, o, l);
+        attend(&block, keys, values, scale, precision, o, l);
     })
     .0
 }
@@ -222,6 +227,7 @@ pub fn varlen_attention(
     v: &CpuTensor,
     bounds: &[usize],
     shape: AttentionShape,
+    precision: Precision,
 ) -> (CpuTensor, Vec<f32>) {
     let head_dim = shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
@@ -237,7 +243,7 @@ pub fn varlen_attention(
         let block = t.queries(q, group, head_dim);
         let keys = |j: usize| &k.data[(start + j) * k.cols + kv..][..head_dim];
         let values = |j: usize| &v.data[(start + j) * v.cols + kv..][..head_dim];
-        attend(&block, keys, values, scale, o, l);
+        attend(&block, keys, values, scale, precision, o, l);
     })
 }
 
@@ -354,6 +360,7 @@ mod tests {
                 &CpuTensor::new(v.to_vec(), rows, 8),
                 &bounds,
                 shape,
+                Precision::F32,
             );
             o.data
                 .iter()
@@ -366,7 +373,7 @@ mod tests {
             CpuTensor::new(k.clone(), rows, 8),
             CpuTensor::new(v.clone(), rows, 8),
         );
-        let (o, lse) = varlen_attention(&qt, &kt, &vt, &bounds, shape);
+        let (o, lse) = varlen_attention(&qt, &kt, &vt, &bounds, shape, Precision::F32);
         let (dq, dk, dv) = varlen_attention_backward(
             &qt,
             &kt,

@@ -7,8 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::CpuTensor;
 use super::matmul::{linear_backward_input, linear_backward_weight};
+use super::{CpuTensor, Precision, bf16_linear};
 
 /// Vocabulary columns per chunk.
 const CHUNK: usize = 8192;
@@ -22,7 +22,9 @@ pub struct CrossEntropyOutput {
 }
 
 /// `h` [T, H] final hidden states; `w` [V, H] the output projection (lm_head or tied
-/// embeddings), whose gradient is added to `dw`.
+/// embeddings), whose gradient is added to `dw`. The logits are the forward's at
+/// `precision`; the backward's products are f32 against the master weights.
+#[allow(clippy::too_many_arguments)]
 pub fn fused_linear_cross_entropy(
     h: &CpuTensor,
     w: &[f32],
@@ -31,6 +33,7 @@ pub fn fused_linear_cross_entropy(
     weights: &[f32],
     normalizer: f32,
     dw: &mut [f32],
+    precision: Precision,
 ) -> CrossEntropyOutput {
     let hidden = h.cols;
     let active: Vec<usize> = (0..h.rows).filter(|&t| weights[t] != 0.0).collect();
@@ -49,7 +52,8 @@ pub fn fused_linear_cross_entropy(
         .flat_map(|&t| h.row(t).iter().copied())
         .collect();
 
-    let (lse, target_logit) = lse_and_target(&ha, ta, hidden, w, vocab, |r| targets[active[r]]);
+    let (lse, target_logit) =
+        lse_and_target(&ha, ta, hidden, w, vocab, precision, |r| targets[active[r]]);
     let mut loss = 0f64;
     for r in 0..ta {
         let t = active[r];
@@ -63,7 +67,7 @@ pub fn fused_linear_cross_entropy(
     for c0 in (0..vocab).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(vocab);
         let width = c1 - c0;
-        let mut dlog = chunk_logits(&ha, ta, hidden, w, c0, c1);
+        let mut dlog = chunk_logits(&ha, ta, hidden, w, c0, c1, precision);
         dlog.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
             let scale = weights[active[r]] / normalizer;
             let t = targets[active[r]] as usize;
@@ -101,12 +105,19 @@ const LOGIT_ROWS: usize = 64;
 /// sampler computes a token's log-prob: the same packed product for the logits, then the
 /// same `log_prob` over the whole row. GRPO's ratio numerator therefore equals the
 /// sampler's log-prob bit for bit while the weights are the ones that sampled.
-pub fn target_log_probs(h: &CpuTensor, w: &super::CpuWeight, targets: &[u32]) -> Vec<f32> {
+pub fn target_log_probs(
+    h: &CpuTensor,
+    w: &super::CpuWeight,
+    targets: &[u32],
+    precision: Precision,
+) -> Vec<f32> {
     let vocab = w.rows();
     let mut out = Vec::with_capacity(h.rows);
     for r0 in (0..h.rows).step_by(LOGIT_ROWS) {
         let r1 = (r0 + LOGIT_ROWS).min(h.rows);
-        let logits = super::matmul::linear(&h.data[r0 * h.cols..r1 * h.cols], r1 - r0, h.cols, w);
+        let rows = &h.data[r0 * h.cols..r1 * h.cols];
+        let mut logits = super::matmul::linear(rows, r1 - r0, h.cols, w, precision);
+        precision.round(&mut logits);
         let block: Vec<f32> = logits
             .par_chunks(vocab)
             .zip(&targets[r0..r1])
@@ -124,11 +135,24 @@ fn chunk_logits(
     w: &[f32],
     c0: usize,
     c1: usize,
+    precision: Precision,
 ) -> Vec<f32> {
-    // The packed kernel inference logits come from: each logit is the same fma chain over
-    // the hidden size whichever columns share its chunk, so sampler and trainer agree.
-    let panel = super::packed::Packed::new(&w[c0 * hidden..c1 * hidden], c1 - c0, hidden);
-    super::packed::linear(h, rows, &panel)
+    // The kernel inference logits come from, at the same precision: each logit is the same
+    // reduction over the hidden size whichever columns share its chunk, so sampler and
+    // trainer agree.
+    let w = &w[c0 * hidden..c1 * hidden];
+    match precision {
+        Precision::F32 => {
+            super::packed::linear(h, rows, &super::packed::Packed::new(w, c1 - c0, hidden))
+        }
+        Precision::Bf16 => {
+            let panels =
+                bf16_linear::Bf16Panels::new(w, c1 - c0, hidden, bf16_linear::Bf16Kernel::best());
+            let mut logits = bf16_linear::linear(h, rows, &panels);
+            precision.round(&mut logits);
+            logits
+        }
+    }
 }
 
 /// Each row's log-sum-exp over the vocabulary (online over chunks) and its target's logit.
@@ -138,6 +162,7 @@ fn lse_and_target(
     hidden: usize,
     w: &[f32],
     vocab: usize,
+    precision: Precision,
     target: impl Fn(usize) -> u32 + Sync,
 ) -> (Vec<f32>, Vec<f32>) {
     // The sum of exponentials in f64, as the sampler's `log_prob` keeps it: the loss of a
@@ -147,7 +172,7 @@ fn lse_and_target(
     let mut target_logit = vec![0f32; rows];
     for c0 in (0..vocab).step_by(CHUNK) {
         let c1 = (c0 + CHUNK).min(vocab);
-        let logits = chunk_logits(h, rows, hidden, w, c0, c1);
+        let logits = chunk_logits(h, rows, hidden, w, c0, c1, precision);
         let width = c1 - c0;
         max.par_iter_mut()
             .zip(sum.par_iter_mut())
@@ -197,6 +222,7 @@ mod tests {
                 &weights,
                 3.5,
                 &mut dw,
+                Precision::F32,
             )
             .loss
         };
@@ -209,6 +235,7 @@ mod tests {
             &weights,
             3.5,
             &mut dw,
+            Precision::F32,
         );
         // Direct definition for the loss value.
         let mut want = 0f64;

@@ -9,18 +9,29 @@
 
 use rayon::prelude::*;
 
-use super::CpuWeight;
+use super::{CpuWeight, Precision, bf16_linear};
 
 /// Rows of W widened to f32 at a time on the gemm path (keeps the panel in L2/L3).
 const PANEL_ROWS: usize = 256;
 
-pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight) -> Vec<f32> {
+/// `x · Wᵀ` at `precision`: the f32 packed kernel, or bf16 operands with f32 accumulation.
+pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, precision: Precision) -> Vec<f32> {
     let n = w.rows();
     debug_assert_eq!(x.len(), m * k);
     debug_assert_eq!(w.cols(), k);
-    match w {
-        CpuWeight::F32 { data, packed, .. } => super::packed::linear(x, m, packed.get(data, n, k)),
-        CpuWeight::Bf16 { data, packed, .. } => super::packed::linear(x, m, packed.get(data, n, k)),
+    match (w, precision) {
+        (CpuWeight::F32 { data, packed, .. }, Precision::F32) => {
+            super::packed::linear(x, m, packed.get(data, n, k))
+        }
+        (CpuWeight::Bf16 { data, packed, .. }, Precision::F32) => {
+            super::packed::linear(x, m, packed.get(data, n, k))
+        }
+        (CpuWeight::F32 { data, packed, .. }, Precision::Bf16) => {
+            bf16_linear::linear(x, m, packed.get_bf16(data, n, k))
+        }
+        (CpuWeight::Bf16 { data, packed, .. }, Precision::Bf16) => {
+            bf16_linear::linear(x, m, packed.get_bf16(data, n, k))
+        }
     }
 }
 
@@ -236,7 +247,7 @@ mod tests {
             ] {
                 let want = reference(&x, m, k, values, n);
                 for (path, got) in [
-                    ("packed", linear(&x, m, k, &weight)),
+                    ("packed", linear(&x, m, k, &weight, Precision::F32)),
                     ("gemm", linear_gemm(&x, m, k, n, &weight)),
                 ] {
                     for (a, b) in got.iter().zip(&want) {
@@ -278,9 +289,9 @@ mod tests {
         let (k, n) = (96, 50);
         let x = rand_vec(80 * k, 5);
         let mut w = CpuWeight::f32(rand_vec(n * k, 9), vec![n, k]);
-        let batched = linear(&x, 80, k, &w);
+        let batched = linear(&x, 80, k, &w, Precision::F32);
         for i in [0, 1, 63, 64, 79] {
-            let single = linear(&x[i * k..(i + 1) * k], 1, k, &w);
+            let single = linear(&x[i * k..(i + 1) * k], 1, k, &w, Precision::F32);
             assert_eq!(&batched[i * n..(i + 1) * n], &single[..], "row {i}");
         }
         // A changed weight must not be read through its stale packed copy.
@@ -288,7 +299,7 @@ mod tests {
             data.iter_mut().for_each(|v| *v = -*v);
             packed.clear();
         }
-        let negated = linear(&x, 80, k, &w);
+        let negated = linear(&x, 80, k, &w, Precision::F32);
         assert!(negated.iter().zip(&batched).all(|(a, b)| *a == -*b));
     }
 }

@@ -1,5 +1,6 @@
-//! The CPU reference backend: f32 activations, f32 or bf16 weights, rayon across rows
-//! and heads. It runs everywhere and is the oracle the CUDA backend is tested against.
+//! The CPU reference backend: f32 activations (or bf16-rounded ones, `precision.rs`), f32
+//! or bf16 weights, rayon across rows and heads. It runs everywhere and is the oracle the
+//! CUDA backend is tested against.
 
 pub mod activation;
 mod amx;
@@ -10,6 +11,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod packed;
+pub mod precision;
 pub mod rope;
 #[cfg(test)]
 mod test_util;
@@ -28,6 +30,7 @@ use crate::model::checkpoint::HostTensor;
 use crate::model::config::DType;
 use crate::model::rope::Rope;
 use crate::{Error, Result};
+pub use precision::Precision;
 
 /// Row-major `[rows, cols]` f32 activations.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,8 +53,9 @@ impl CpuTensor {
 
 /// A parameter. bf16 checkpoints stay bf16 in memory (half the bytes to stream per
 /// decoded token); f16 is widened to f32 at load, since it has no cheap widening trick.
-/// A 2-D parameter also holds the packed copy `linear` reads (`packed.rs`), made on its
-/// first product and dropped whenever the values change.
+/// A 2-D parameter also holds the packed copy `linear` reads (`packed.rs`, or
+/// `bf16_linear.rs` at bf16 precision), made on its first product and dropped whenever the
+/// values change.
 #[derive(Debug, Clone)]
 pub enum CpuWeight {
     F32 {
@@ -66,28 +70,54 @@ pub enum CpuWeight {
     },
 }
 
-/// The packed copy of a weight, built once on first use.
-#[derive(Clone, Default)]
-pub struct PackCache<W>(OnceLock<packed::Packed<W>>);
+/// The packed copies of a weight, each built once on first use by its precision's product.
+#[derive(Clone)]
+pub struct PackCache<W> {
+    f32_path: OnceLock<packed::Packed<W>>,
+    bf16_path: OnceLock<bf16_linear::Bf16Panels>,
+}
 
-impl<W> std::fmt::Debug for PackCache<W> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "packed"
-        } else {
-            "not packed"
-        })
+impl<W> Default for PackCache<W> {
+    fn default() -> Self {
+        PackCache {
+            f32_path: OnceLock::new(),
+            bf16_path: OnceLock::new(),
+        }
     }
 }
 
-impl<W: dot::Widen + Default> PackCache<W> {
+impl<W> std::fmt::Debug for PackCache<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            match (
+                self.f32_path.get().is_some(),
+                self.bf16_path.get().is_some(),
+            ) {
+                (false, false) => "not packed",
+                (true, false) => "packed for f32",
+                (false, true) => "packed for bf16",
+                (true, true) => "packed for f32 and bf16",
+            },
+        )
+    }
+}
+
+impl<W: dot::Widen + Default + bf16_linear::ToBf16> PackCache<W> {
     fn get(&self, data: &[W], n: usize, k: usize) -> &packed::Packed<W> {
-        self.0.get_or_init(|| packed::Packed::new(data, n, k))
+        self.f32_path
+            .get_or_init(|| packed::Packed::new(data, n, k))
+    }
+
+    fn get_bf16(&self, data: &[W], n: usize, k: usize) -> &bf16_linear::Bf16Panels {
+        self.bf16_path.get_or_init(|| {
+            bf16_linear::Bf16Panels::new(data, n, k, bf16_linear::Bf16Kernel::best())
+        })
     }
 
     /// The values changed: the next product packs them again.
     pub fn clear(&mut self) {
-        self.0.take();
+        self.f32_path.take();
+        self.bf16_path.take();
     }
 }
 
@@ -168,8 +198,23 @@ impl CpuKvCache {
     }
 }
 
+/// The CPU backend at one precision (f32 unless asked).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    pub precision: Precision,
+}
+
+impl CpuBackend {
+    pub fn new(precision: Precision) -> Self {
+        CpuBackend { precision }
+    }
+
+    /// `t` with its values rounded to this backend's precision.
+    pub(super) fn finish(&self, mut t: CpuTensor) -> CpuTensor {
+        self.precision.round(&mut t.data);
+        t
+    }
+}
 
 pub(super) fn shape_err(op: &str, msg: String) -> Error {
     Error::Backend {
@@ -227,7 +272,7 @@ impl Backend for CpuBackend {
         data.par_chunks_mut(hidden)
             .zip(ids.par_iter())
             .for_each(|(row, &id)| row.copy_from_slice(&table.row_f32(id as usize)));
-        Ok(CpuTensor::new(data, ids.len(), hidden))
+        Ok(self.finish(CpuTensor::new(data, ids.len(), hidden)))
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuWeight, eps: f32) -> Result<CpuTensor> {
@@ -238,7 +283,7 @@ impl Backend for CpuBackend {
                 format!("weight {} vs width {}", w.len(), x.cols),
             ));
         }
-        Ok(norm::rms_norm(x, &w, eps))
+        Ok(norm::rms_norm(x, &w, eps, self.precision))
     }
 
     fn add_rms_norm(
@@ -267,6 +312,7 @@ impl Backend for CpuBackend {
             .par_iter_mut()
             .zip(delta.data.par_iter())
             .for_each(|(r, d)| *r += d);
+        self.precision.round(&mut residual.data);
         Ok(())
     }
 
@@ -277,8 +323,8 @@ impl Backend for CpuBackend {
                 format!("weight {:?} vs input width {}", weight.shape(), x.cols),
             ));
         }
-        let out = matmul::linear(&x.data, x.rows, x.cols, weight);
-        Ok(CpuTensor::new(out, x.rows, weight.rows()))
+        let out = matmul::linear(&x.data, x.rows, x.cols, weight, self.precision);
+        Ok(self.finish(CpuTensor::new(out, x.rows, weight.rows())))
     }
 
     fn qk_norm_rope(
@@ -309,6 +355,7 @@ impl Backend for CpuBackend {
             eps,
             rope,
             positions,
+            self.precision,
         );
         Ok(())
     }
@@ -368,21 +415,22 @@ impl Backend for CpuBackend {
         shape: AttentionShape,
     ) -> Result<CpuTensor> {
         let (k, v) = cache.layer(layer);
-        Ok(attention::paged_attention(
+        Ok(self.finish(attention::paged_attention(
             q,
             k,
             v,
             &cache.layout,
             batch,
             shape,
-        ))
+            self.precision,
+        )))
     }
 
     fn swiglu(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
         if (gate.rows, gate.cols) != (up.rows, up.cols) {
             return Err(shape_err("swiglu", "gate and up differ in shape".into()));
         }
-        Ok(activation::swiglu(gate, up))
+        Ok(activation::swiglu(gate, up, self.precision))
     }
 
     fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> Result<CpuTensor> {

@@ -1,23 +1,25 @@
 //! RMSNorm: `x / sqrt(mean(x²) + eps) * w`, the statistic in f32 as transformers does.
+//! At bf16 precision both products round, as transformers' Qwen3RMSNorm rounds the
+//! normalized row to the input's dtype before the weight multiplies it.
 
 use rayon::prelude::*;
 
-use super::CpuTensor;
+use super::{CpuTensor, Precision};
 
-pub fn rms_norm(x: &CpuTensor, w: &[f32], eps: f32) -> CpuTensor {
+pub fn rms_norm(x: &CpuTensor, w: &[f32], eps: f32, p: Precision) -> CpuTensor {
     let mut out = vec![0f32; x.data.len()];
     out.par_chunks_mut(x.cols)
         .zip(x.data.par_chunks(x.cols))
-        .for_each(|(o, row)| rms_norm_row(row, w, eps, o));
+        .for_each(|(o, row)| rms_norm_row(row, w, eps, o, p));
     CpuTensor::new(out, x.rows, x.cols)
 }
 
 #[inline]
-pub fn rms_norm_row(row: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub fn rms_norm_row(row: &[f32], w: &[f32], eps: f32, out: &mut [f32], p: Precision) {
     let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
     let inv = 1.0 / (ms + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
-        *o = v * inv * g;
+        *o = p.r(p.r(v * inv) * g);
     }
 }
 
@@ -28,7 +30,7 @@ mod tests {
     #[test]
     fn unit_weight_gives_unit_rms() {
         let x = CpuTensor::new(vec![1.0, -2.0, 3.0, 4.0, 0.5, 0.5, 0.5, 0.5], 2, 4);
-        let y = rms_norm(&x, &[1.0; 4], 0.0);
+        let y = rms_norm(&x, &[1.0; 4], 0.0, Precision::F32);
         for r in 0..2 {
             let ms: f32 = y.row(r).iter().map(|v| v * v).sum::<f32>() / 4.0;
             assert!((ms - 1.0).abs() < 1e-6);
@@ -101,7 +103,12 @@ mod backward_tests {
         let w = rand_vec(cols, 2);
         let dy = rand_vec(rows * cols, 3);
         let loss = |x: &[f32], w: &[f32]| -> f64 {
-            let y = rms_norm(&CpuTensor::new(x.to_vec(), rows, cols), w, eps);
+            let y = rms_norm(
+                &CpuTensor::new(x.to_vec(), rows, cols),
+                w,
+                eps,
+                Precision::F32,
+            );
             y.data
                 .iter()
                 .zip(&dy)

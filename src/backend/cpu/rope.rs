@@ -1,11 +1,13 @@
 //! Qwen3's attention input transform: per-head RMSNorm of q and k (weights shared by
 //! all heads), then rotary embedding in the "rotate half" convention of transformers:
-//! the pair (x[i], x[i + d/2]) rotates by angle position * inv_freq[i].
+//! the pair (x[i], x[i + d/2]) rotates by angle position * inv_freq[i]. At bf16 precision
+//! the cos/sin tables and every product and sum round to bf16, as transformers' bf16 run
+//! computes `q * cos + rotate_half(q) * sin` on bf16 tensors.
 
 use rayon::prelude::*;
 
-use super::CpuTensor;
 use super::norm::{rms_norm_row, rms_norm_row_backward};
+use super::{CpuTensor, Precision};
 use crate::model::rope::Rope;
 
 #[allow(clippy::too_many_arguments)]
@@ -18,6 +20,7 @@ pub fn qk_norm_rope(
     eps: f32,
     rope: &Rope,
     positions: &[u32],
+    p: Precision,
 ) {
     let (qc, kc) = (q.cols, k.cols);
     q.data
@@ -25,29 +28,31 @@ pub fn qk_norm_rope(
         .zip(k.data.par_chunks_mut(kc))
         .zip(positions.par_iter())
         .for_each(|((qrow, krow), &pos)| {
-            let (cos, sin) = rope.cos_sin(pos);
+            let (mut cos, mut sin) = rope.cos_sin(pos);
+            p.round(&mut cos);
+            p.round(&mut sin);
             for head in qrow.chunks_mut(head_dim) {
-                norm_rotate(head, q_w, eps, &cos, &sin);
+                norm_rotate(head, q_w, eps, &cos, &sin, p);
             }
             for head in krow.chunks_mut(head_dim) {
-                norm_rotate(head, k_w, eps, &cos, &sin);
+                norm_rotate(head, k_w, eps, &cos, &sin, p);
             }
         });
 }
 
-fn norm_rotate(head: &mut [f32], w: &[f32], eps: f32, cos: &[f32], sin: &[f32]) {
+fn norm_rotate(head: &mut [f32], w: &[f32], eps: f32, cos: &[f32], sin: &[f32], p: Precision) {
     let mut normed = vec![0f32; head.len()];
-    rms_norm_row(head, w, eps, &mut normed);
-    apply_rope(&normed, cos, sin, head);
+    rms_norm_row(head, w, eps, &mut normed, p);
+    apply_rope(&normed, cos, sin, head, p);
 }
 
 /// out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
-pub fn apply_rope(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+pub fn apply_rope(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32], p: Precision) {
     let half = x.len() / 2;
     for i in 0..half {
         let (a, b) = (x[i], x[i + half]);
-        out[i] = a * cos[i] - b * sin[i];
-        out[i + half] = b * cos[i] + a * sin[i];
+        out[i] = p.r(p.r(a * cos[i]) - p.r(b * sin[i]));
+        out[i + half] = p.r(p.r(b * cos[i]) + p.r(a * sin[i]));
     }
 }
 
@@ -61,10 +66,10 @@ mod tests {
         let x: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
         let mut out = vec![0f32; 8];
         let (c, s) = rope.cos_sin(0);
-        apply_rope(&x, &c, &s, &mut out);
+        apply_rope(&x, &c, &s, &mut out, Precision::F32);
         assert_eq!(out, x);
         let (c, s) = rope.cos_sin(37);
-        apply_rope(&x, &c, &s, &mut out);
+        apply_rope(&x, &c, &s, &mut out, Precision::F32);
         let n0: f32 = x.iter().map(|v| v * v).sum();
         let n1: f32 = out.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-4);
@@ -105,7 +110,7 @@ pub fn qk_norm_rope_backward(
                 let neg_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
                 for (dh, xh) in drow.chunks_mut(head_dim).zip(prow.chunks(head_dim)) {
                     let mut d_normed = vec![0f32; head_dim];
-                    apply_rope(dh, &cos, &neg_sin, &mut d_normed);
+                    apply_rope(dh, &cos, &neg_sin, &mut d_normed, Precision::F32);
                     let part = rms_norm_row_backward(xh, w, &d_normed, eps, dh);
                     dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
                 }
@@ -138,7 +143,17 @@ mod backward_tests {
         let loss = |q: &[f32], k: &[f32], qw: &[f32], kw: &[f32]| -> f64 {
             let mut qt = CpuTensor::new(q.to_vec(), rows, 2 * d);
             let mut kt = CpuTensor::new(k.to_vec(), rows, d);
-            qk_norm_rope(&mut qt, &mut kt, qw, kw, d, 1e-6, &rope, &positions);
+            qk_norm_rope(
+                &mut qt,
+                &mut kt,
+                qw,
+                kw,
+                d,
+                1e-6,
+                &rope,
+                &positions,
+                Precision::F32,
+            );
             let a: f64 = qt
                 .data
                 .iter()

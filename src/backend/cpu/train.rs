@@ -175,8 +175,11 @@ impl TrainBackend for CpuBackend {
                 format!("bounds {bounds:?} for {} rows", q.rows),
             ));
         }
-        let (out, lse) = attention::varlen_attention(q, k, v, bounds, shape);
-        Ok((out, CpuTensor::new(lse, q.rows, shape.num_heads)))
+        let (out, lse) = attention::varlen_attention(q, k, v, bounds, shape, self.precision);
+        Ok((
+            self.finish(out),
+            CpuTensor::new(lse, q.rows, shape.num_heads),
+        ))
     }
 
     fn varlen_attention_backward(
@@ -244,8 +247,16 @@ impl TrainBackend for CpuBackend {
                 "target id {t} outside the vocabulary ({vocab})"
             )));
         }
-        let out =
-            loss::fused_linear_cross_entropy(h, data, vocab, targets, weights, normalizer, dw);
+        let out = loss::fused_linear_cross_entropy(
+            h,
+            data,
+            vocab,
+            targets,
+            weights,
+            normalizer,
+            dw,
+            self.precision,
+        );
         Ok((out.loss, out.token_losses, out.d_hidden))
     }
 
@@ -256,7 +267,7 @@ impl TrainBackend for CpuBackend {
                 "target id {t} outside the vocabulary ({vocab})"
             )));
         }
-        Ok(loss::target_log_probs(h, w, targets))
+        Ok(loss::target_log_probs(h, w, targets, self.precision))
     }
 
     fn weight_to_host(&self, w: &CpuWeight) -> Result<Vec<f32>> {

@@ -204,7 +204,7 @@ fn run_stages(ordinal: usize) -> SelfTest {
     t.stage("cublas_gemm", || {
         let w = be.load_weight(&proj_host)?;
         let got = be.to_host(&be.linear(&x, &w)?)?;
-        let cpu = CpuBackend;
+        let cpu = CpuBackend::default();
         let cw = cpu.load_weight(&proj_host)?;
         let cx = cpu.embedding(&cpu.load_weight(&table_host)?, &ids)?;
         let want = cpu.to_host(&cpu.linear(&cx, &cw)?)?;

@@ -139,6 +139,7 @@ impl ExperimentArgs {
             model: Some(dir.to_path_buf()),
             threads: None,
             skip_weight_check: false,
+            precision: Default::default(),
         }
     }
 
@@ -191,8 +192,8 @@ fn sft(
     dir: &Path,
     what: &str,
 ) -> Result<Vec<(u64, f64)>> {
-    let (model, tokenizer) =
-        crate::model::ModelSource::Dir(init.to_path_buf()).load_for_training(CpuBackend)?;
+    let (model, tokenizer) = crate::model::ModelSource::Dir(init.to_path_buf())
+        .load_for_training(CpuBackend::default())?;
     let max_len = 1024.min(model.config.max_position_embeddings);
     let data = load_jsonl(traces_path, &tokenizer, max_len)?;
     if let Some(msg) = crate::train::sft_data::describe_cuts(traces_path, &data, max_len) {
@@ -329,6 +330,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         model: None,
         threads: args.threads,
         skip_weight_check: false,
+        precision: Default::default(),
     }
     .init_threads()?;
     let out = &args.out;
@@ -353,8 +355,12 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             }
         }
         None => {
-            let (model, _, files) =
-                fresh_model(CpuBackend, &args.shape(), &tag_tokens(), args.seed)?;
+            let (model, _, files) = fresh_model(
+                CpuBackend::default(),
+                &args.shape(),
+                &tag_tokens(),
+                args.seed,
+            )?;
             save_fresh(&model, &files, &init)?;
             eprintln!(
                 "[1/5] fresh model: {} parameters ({:?}), tags as single tokens; saved {}",

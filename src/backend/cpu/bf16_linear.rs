@@ -16,7 +16,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::amx;
-use super::packed::{self, NR, Packed};
+use super::packed::{self, NR, OutPtr, Packed};
 
 /// Panels every row of a task passes over before the next (64 KiB each at k = 1024).
 const CACHE_PANELS: usize = 4;
@@ -106,19 +106,6 @@ impl Bf16Panels {
             Bf16Panels::Tiles { n, .. } => *n,
             Bf16Panels::Widened(p) => p.rows(),
         }
-    }
-}
-
-/// Output pointer shared by tasks that write disjoint blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own (rows, panels) block of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

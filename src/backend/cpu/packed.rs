@@ -77,15 +77,15 @@ impl<W: Widen + Default> Packed<W> {
     }
 }
 
-/// Output pointer shared by tasks that write disjoint row ranges.
+/// Output pointer shared by tasks that write disjoint blocks (here and in bf16_linear.rs).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only the rows of its own row block.
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: each task writes only its own block of rows and panels.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

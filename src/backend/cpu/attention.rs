@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::dot::dot;
+use super::dot::{axpy, dot};
 use super::{CpuTensor, Precision};
 use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
@@ -79,9 +79,7 @@ fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
         let vj = value(j);
         for (i, o) in out.chunks_mut(head_dim).enumerate() {
             if let Some(&w) = weights[i].get(j) {
-                for (acc, &v) in o.iter_mut().zip(vj) {
-                    *acc += w * v;
-                }
+                axpy(o, w, vj);
             }
         }
     }

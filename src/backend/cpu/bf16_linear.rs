@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::packed::{self, NR, OutPtr, Packed};
+use super::precision::{Precision, bf16_bits_slice};
 
 /// Panels every row of a task passes over before the next (64 KiB each at k = 1024).
 const CACHE_PANELS: usize = 4;
@@ -113,18 +114,15 @@ impl Bf16Panels {
 pub fn linear(x: &[f32], m: usize, w: &Bf16Panels) -> Vec<f32> {
     match w {
         Bf16Panels::Widened(p) => {
-            let rounded: Vec<f32> = x.par_iter().map(|&v| round(v)).collect();
+            let mut rounded = x.to_vec();
+            Precision::Bf16.round(&mut rounded);
             packed::linear(&rounded, m, p)
         }
         Bf16Panels::Tiles { data, n, k } => amx_linear(x, m, data, *n, *k),
     }
 }
 
-/// `v` rounded to the nearest bf16 (ties to even), as f32.
-#[inline]
-pub fn round(v: f32) -> f32 {
-    bf16::from_f32(v).to_f32()
-}
+pub use super::precision::round_bf16 as round;
 
 fn amx_linear(x: &[f32], m: usize, w: &[u16], n: usize, k: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "linear: x is not [{m}, {k}]");
@@ -137,11 +135,7 @@ fn amx_linear(x: &[f32], m: usize, w: &[u16], n: usize, k: usize) -> Vec<f32> {
     let mut a = vec![0u16; m * k_pad];
     a.par_chunks_mut(k_pad)
         .zip(x.par_chunks(k.max(1)))
-        .for_each(|(dst, src)| {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = bf16::from_f32(s).to_bits();
-            }
-        });
+        .for_each(|(dst, src)| bf16_bits_slice(src, &mut dst[..src.len()]));
     let block = amx::Block { a: &a, k_pad, w, n };
     let panels = n.div_ceil(NR);
     let threads = rayon::current_num_threads();

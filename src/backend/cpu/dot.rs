@@ -1,5 +1,5 @@
-//! The f32 dot product of attention scores, compiled for the best instruction set found
-//! at run time (AVX-512, AVX2+FMA, or portable), and `Widen`, the weight element types
+//! The f32 dot product of attention scores and the weighted sum of values, compiled for
+//! the best instruction set found at run time (`simd.rs`), and `Widen`, the weight element types
 //! the matrix kernels read.
 //!
 //! Every dot product accumulates in the same order: 32 independent lanes over k, then a
@@ -7,6 +7,8 @@
 //! does not depend on anything but its two vectors.
 
 use half::bf16;
+
+use super::simd::multiversion;
 
 /// Partial sums per row: two 512-bit registers' worth, so consecutive FMAs don't wait.
 const LANES: usize = 32;
@@ -60,54 +62,31 @@ fn reduce(mut acc: [f32; LANES]) -> f32 {
     acc[0]
 }
 
-type Dot = fn(&[f32], &[f32]) -> f32;
-
+#[cfg(test)]
 fn portable(x: &[f32], w: &[f32]) -> f32 {
     dot_body(x, w)
 }
 
-/// The generic body, auto-vectorized under each instruction set's features.
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    use super::dot_body;
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_body(x: &[f32], w: &[f32]) -> f32 {
-        dot_body(x, w)
-    }
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_body(x: &[f32], w: &[f32]) -> f32 {
-        dot_body(x, w)
-    }
-    pub(super) fn avx512(x: &[f32], w: &[f32]) -> f32 {
-        // SAFETY: selected only after detecting avx512f.
-        unsafe { avx512_body(x, w) }
-    }
-    pub(super) fn avx2(x: &[f32], w: &[f32]) -> f32 {
-        // SAFETY: selected only after detecting avx2 and fma.
-        unsafe { avx2_body(x, w) }
-    }
-}
-
-fn kernel() -> Dot {
-    static K: std::sync::OnceLock<Dot> = std::sync::OnceLock::new();
-    *K.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return simd::avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return simd::avx2;
-            }
-        }
-        portable
-    })
+multiversion! {
+    fn dot_best(x: &[f32], w: &[f32]) -> f32 = dot_body;
 }
 
 /// f32 dot product of `a` with the first `a.len()` elements of `b` (attention scores).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    kernel()(a, &b[..a.len()])
+    dot_best(a, &b[..a.len()])
+}
+
+#[inline(always)]
+fn axpy_body(acc: &mut [f32], w: f32, v: &[f32]) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a = x.mul_add(w, *a);
+    }
+}
+
+multiversion! {
+    /// `acc += w · v` elementwise, one fused multiply-add per element (attention's
+    /// probability-weighted values).
+    pub fn axpy(acc: &mut [f32], w: f32, v: &[f32]) = axpy_body;
 }
 
 #[cfg(test)]
@@ -120,6 +99,10 @@ mod tests {
             let a: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k).map(|i| (i as f32 * 0.11).cos()).collect();
             assert_eq!(dot(&a, &b).to_bits(), portable(&a, &b).to_bits(), "k={k}");
+            let (mut fast, mut slow) = (b.clone(), b.clone());
+            axpy(&mut fast, 0.3, &a);
+            axpy_body(&mut slow, 0.3, &a);
+            assert_eq!(fast, slow, "k={k}");
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "k={k}");
         }

@@ -13,6 +13,7 @@ pub mod norm;
 pub mod packed;
 pub mod precision;
 pub mod rope;
+mod simd;
 #[cfg(test)]
 mod test_util;
 pub mod threads;

@@ -645,6 +645,12 @@ fn decode_instr(ins: &RawInstr, cx: &mut Ctx) -> Result<Op> {
         _ => return m.unsupported(),
     };
     m.done()?;
+    // Half-precision arithmetic is not in our kernels; refuse it here, not mid-launch.
+    if let Op::Bin { ty, .. } | Op::Un { ty, .. } | Op::Fma { ty, .. } | Op::Setp { ty, .. } = &op {
+        if matches!(ty, Ty::F16 | Ty::Bf16 | Ty::Bf16x2) {
+            return m.unsupported();
+        }
+    }
     Ok(op)
 }
 

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses a different part of the shared support
 //! Where the tests find NVRTC's PTX for kernels/*.cu: the directory `asyncthink kernels
 //! compile` wrote (scripts/test-gpu-emulated.sh makes it and sets ASYNCTHINK_EMU_PTX_DIR).
 //! Without it the kernel tests print that they skipped; with ASYNCTHINK_REQUIRE_GPU=1 they fail.

@@ -646,10 +646,10 @@ fn decode_instr(ins: &RawInstr, cx: &mut Ctx) -> Result<Op> {
     };
     m.done()?;
     // Half-precision arithmetic is not in our kernels; refuse it here, not mid-launch.
-    if let Op::Bin { ty, .. } | Op::Un { ty, .. } | Op::Fma { ty, .. } | Op::Setp { ty, .. } = &op {
-        if matches!(ty, Ty::F16 | Ty::Bf16 | Ty::Bf16x2) {
-            return m.unsupported();
-        }
+    if let Op::Bin { ty, .. } | Op::Un { ty, .. } | Op::Fma { ty, .. } | Op::Setp { ty, .. } = &op
+        && matches!(ty, Ty::F16 | Ty::Bf16 | Ty::Bf16x2)
+    {
+        return m.unsupported();
     }
     Ok(op)
 }

@@ -1,0 +1,383 @@
+//! The paged attention kernels — decode (split-KV, GQA groups 1/2/4/8, and the split merge)
+//! and tensor-core prefill (chunked, GQA heads packed into the MMA) — as NVRTC compiles them, against attention computed in f64 from the same bf16 inputs.
+//! Shapes keep what the GPU tests exercise: context lengths at and across page boundaries,
+//! GQA 1:1 and 8:1, head_dim 64 and 128, more splits than a short context has pages.
+
+mod support;
+
+use asyncthink_emu::{Arg, Device, LaunchConfig};
+use support::*;
+
+struct Case {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    /// One decode row per sequence, at this position (context = position + 1).
+    positions: Vec<usize>,
+    splits: usize,
+}
+
+fn decode_kernel(group: usize) -> &'static str {
+    match group {
+        1 => "attention_decode_g1",
+        2 => "attention_decode_g2",
+        3..=4 => "attention_decode_g4",
+        _ => "attention_decode_g8",
+    }
+}
+
+fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) {
+    let mut dev = Device::new(1 << 28);
+    let m = dev.load_ptx(&ptx(dir, "attention_decode", arch)).unwrap();
+    let (h, kvh, hd, bs) = (c.heads, c.kv_heads, c.head_dim, c.block_size);
+    let rows = c.positions.len();
+    let pages: Vec<usize> = c.positions.iter().map(|p| (p + 1).div_ceil(bs)).collect();
+    let total_pages: usize = pages.iter().sum::<usize>() + 1;
+    // Pages are handed out last-first so a table's entries are neither 0.. nor in order.
+    let mut next = total_pages;
+    let mut tables = Vec::new();
+    let mut row_table = Vec::new();
+    for &n in &pages {
+        row_table.push(tables.len() as u32);
+        for _ in 0..n {
+            next -= 1;
+            tables.push(next as u32);
+        }
+    }
+    // Two layers; the kernel reads layer 1 through layer_off.
+    let layer_elems = total_pages * kvh * bs * hd;
+    let k = bf16_values(2 * layer_elems, 21, 1.0);
+    let v = bf16_values(2 * layer_elems, 22, 1.0);
+    let q = bf16_values(rows * h * hd, 23, 1.0);
+    let (kd, vd, qd) = (
+        upload_u16(&mut dev, &k),
+        upload_u16(&mut dev, &v),
+        upload_u16(&mut dev, &q),
+    );
+    let pos: Vec<u32> = c.positions.iter().map(|&p| p as u32).collect();
+    let (posd, rtd, td) = (
+        upload_u32(&mut dev, &pos),
+        upload_u32(&mut dev, &row_table),
+        upload_u32(&mut dev, &tables),
+    );
+    let splits = c.splits;
+    let max_pages = *pages.iter().max().unwrap();
+    let pps = max_pages.div_ceil(splits);
+    let part_o = dev.alloc(rows * h * splits * hd * 4).unwrap();
+    let part_ml = dev.alloc(rows * h * splits * 2 * 4).unwrap();
+    let out = dev.alloc(rows * h * hd * 2).unwrap();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let name = decode_kernel(h / kvh);
+    let args = [
+        Arg::Ptr(qd),
+        Arg::Ptr(kd),
+        Arg::Ptr(vd),
+        Arg::U64(layer_elems as u64),
+        Arg::Ptr(posd),
+        Arg::Ptr(rtd),
+        Arg::Ptr(td),
+        Arg::Ptr(part_o),
+        Arg::Ptr(part_ml),
+        Arg::I32(h as i32),
+        Arg::I32(kvh as i32),
+        Arg::I32(hd as i32),
+        Arg::I32(bs as i32),
+        Arg::I32(pps as i32),
+        Arg::F32(scale),
+    ];
+    let cfg = LaunchConfig::new([rows as u32, kvh as u32, splits as u32], [128, 1, 1], 0);
+    let stats = dev
+        .launch(&m, name, &cfg, &args)
+        .unwrap_or_else(|e| panic!("{arch} {name}: {e}"));
+    let cfg = LaunchConfig::new([rows as u32, h as u32, 1], [128, 1, 1], 0);
+    let args = [
+        Arg::Ptr(part_o),
+        Arg::Ptr(part_ml),
+        Arg::Ptr(out),
+        Arg::I32(h as i32),
+        Arg::I32(hd as i32),
+        Arg::I32(splits as i32),
+    ];
+    dev.launch(&m, "attention_decode_reduce", &cfg, &args)
+        .unwrap_or_else(|e| panic!("{arch} reduce: {e}"));
+    let got = f32s(&download_u16(&dev, out, rows * h * hd));
+
+    let (kf, vf, qf) = (f32s(&k), f32s(&v), f32s(&q));
+    let group = h / kvh;
+    let mut worst = 0f64;
+    for (r, &p) in c.positions.iter().enumerate() {
+        let table = &tables[row_table[r] as usize..];
+        for head in 0..h {
+            let kv = head / group;
+            let at = |i: usize| {
+                let slot = table[i / bs] as usize * bs + i % bs;
+                layer_elems + ((slot / bs * kvh + kv) * bs + slot % bs) * hd
+            };
+            let qrow = &qf[(r * h + head) * hd..][..hd];
+            let scores: Vec<f64> = (0..=p)
+                .map(|i| {
+                    (0..hd)
+                        .map(|d| qrow[d] as f64 * kf[at(i) + d] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for d in 0..hd {
+                let want = (0..=p).map(|i| w[i] * vf[at(i) + d] as f64).sum::<f64>() / z;
+                let g = got[(r * h + head) * hd + d] as f64;
+                let err = (g - want).abs();
+                worst = worst.max(err);
+                // bf16 output: half an ulp of rounding plus f32 softmax error.
+                assert!(
+                    err <= want.abs() / 128.0 + 2e-3,
+                    "{arch} {name} row {r} head {head} d {d}: {g} vs {want}"
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{arch} {name} ({} instructions): worst error {worst:.2e}",
+        stats.instructions
+    );
+}
+
+#[test]
+fn decode_attention_gqa_1_to_1_head_dim_64() {
+    let Some(dir) = ptx_dir("decode_attention_gqa_1_to_1_head_dim_64") else {
+        return;
+    };
+    // Contexts 1, 16 (one full page), 17 (one past) and 38; 3 splits, more than the short
+    // contexts have pages.
+    let c = Case {
+        heads: 2,
+        kv_heads: 2,
+        head_dim: 64,
+        block_size: 16,
+        positions: vec![0, 15, 16, 37],
+        splits: 3,
+    };
+    for arch in ["sm_90", "sm_80"] {
+        run_decode(&dir, arch, &c);
+    }
+}
+
+#[test]
+fn decode_attention_gqa_8_to_1_head_dim_128() {
+    let Some(dir) = ptx_dir("decode_attention_gqa_8_to_1_head_dim_128") else {
+        return;
+    };
+    let c = Case {
+        heads: 16,
+        kv_heads: 2,
+        head_dim: 128,
+        block_size: 16,
+        positions: vec![4, 40],
+        splits: 2,
+    };
+    run_decode(&dir, "sm_90", &c);
+}
+
+#[test]
+fn decode_attention_gqa_2_and_4() {
+    let Some(dir) = ptx_dir("decode_attention_gqa_2_and_4") else {
+        return;
+    };
+    for (heads, kv) in [(4, 2), (8, 2)] {
+        let c = Case {
+            heads,
+            kv_heads: kv,
+            head_dim: 128,
+            block_size: 8,
+            positions: vec![7, 8, 33],
+            splits: 1,
+        };
+        run_decode(&dir, "sm_90", &c);
+    }
+}
+
+/// Reference attention of one query (row `qrow`, at position `pos`) over keys 0..=pos read
+/// through `table`, in f64.
+#[allow(clippy::too_many_arguments)]
+fn reference(
+    qrow: &[f32],
+    kf: &[f32],
+    vf: &[f32],
+    table: &[u32],
+    layer_elems: usize,
+    kv: usize,
+    kvh: usize,
+    bs: usize,
+    pos: usize,
+    scale: f64,
+) -> Vec<f64> {
+    let hd = qrow.len();
+    let at = |i: usize| {
+        let slot = table[i / bs] as usize * bs + i % bs;
+        layer_elems + ((slot / bs * kvh + kv) * bs + slot % bs) * hd
+    };
+    let scores: Vec<f64> = (0..=pos)
+        .map(|i| {
+            (0..hd)
+                .map(|d| qrow[d] as f64 * kf[at(i) + d] as f64)
+                .sum::<f64>()
+                * scale
+        })
+        .collect();
+    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+    let z: f64 = w.iter().sum();
+    (0..hd)
+        .map(|d| (0..=pos).map(|i| w[i] * vf[at(i) + d] as f64).sum::<f64>() / z)
+        .collect()
+}
+
+/// `(query_len, context_len)` per sequence: the last query_len positions of each context
+/// are this step's rows (chunked prefill when query_len < context_len).
+fn run_prefill(
+    dir: &std::path::Path,
+    arch: &str,
+    heads: usize,
+    kvh: usize,
+    hd: usize,
+    bs: usize,
+    seqs: &[(usize, usize)],
+) {
+    let mut dev = Device::new(1 << 28);
+    let m = dev.load_ptx(&ptx(dir, "attention_prefill", arch)).unwrap();
+    let pages: Vec<usize> = seqs.iter().map(|&(_, c)| c.div_ceil(bs)).collect();
+    let total_pages: usize = pages.iter().sum::<usize>() + 1;
+    let mut next = total_pages;
+    let (mut tables, mut table_off) = (Vec::new(), Vec::new());
+    for &n in &pages {
+        table_off.push(tables.len() as u32);
+        for _ in 0..n {
+            next -= 1;
+            tables.push(next as u32);
+        }
+    }
+    let layer_elems = total_pages * kvh * bs * hd;
+    let k = bf16_values(2 * layer_elems, 31, 1.0);
+    let v = bf16_values(2 * layer_elems, 32, 1.0);
+    let rows: usize = seqs.iter().map(|s| s.0).sum();
+    let q = bf16_values(rows * heads * hd, 33, 1.0);
+    let group = heads / kvh;
+    let pack = (1..=8.min(group)).rev().find(|p| group % p == 0).unwrap();
+    let rows_per_tile = 64 / pack;
+    let mut tiles = Vec::new();
+    let mut start = 0;
+    for (s, &(ql, ctx)) in seqs.iter().enumerate() {
+        for t in (0..ql).step_by(rows_per_tile) {
+            tiles.extend([
+                (start + t) as u32,
+                rows_per_tile.min(ql - t) as u32,
+                (ctx - ql + t) as u32,
+                table_off[s],
+            ]);
+        }
+        start += ql;
+    }
+    let (kd, vd, qd) = (
+        upload_u16(&mut dev, &k),
+        upload_u16(&mut dev, &v),
+        upload_u16(&mut dev, &q),
+    );
+    let (tiles_d, td) = (upload_u32(&mut dev, &tiles), upload_u32(&mut dev, &tables));
+    let out = dev.alloc(rows * heads * hd * 2).unwrap();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let name = if hd <= 64 {
+        "attention_prefill_d64"
+    } else {
+        "attention_prefill_d128"
+    };
+    let args = [
+        Arg::Ptr(qd),
+        Arg::Ptr(kd),
+        Arg::Ptr(vd),
+        Arg::U64(layer_elems as u64),
+        Arg::Ptr(tiles_d),
+        Arg::Ptr(td),
+        Arg::Ptr(out),
+        Arg::I32(heads as i32),
+        Arg::I32(kvh as i32),
+        Arg::I32(hd as i32),
+        Arg::I32(bs as i32),
+        Arg::I32(pack as i32),
+        Arg::F32(scale),
+    ];
+    let cfg = LaunchConfig::new(
+        [(tiles.len() / 4) as u32, (heads / pack) as u32, 1],
+        [128, 1, 1],
+        0,
+    );
+    let stats = dev
+        .launch(&m, name, &cfg, &args)
+        .unwrap_or_else(|e| panic!("{arch} {name}: {e}"));
+    let got = f32s(&download_u16(&dev, out, rows * heads * hd));
+    let (kf, vf, qf) = (f32s(&k), f32s(&v), f32s(&q));
+    let mut worst = 0f64;
+    let mut row = 0;
+    for (s, &(ql, ctx)) in seqs.iter().enumerate() {
+        let table = &tables[table_off[s] as usize..];
+        for t in 0..ql {
+            for head in 0..heads {
+                let qrow = &qf[(row * heads + head) * hd..][..hd];
+                let want = reference(
+                    qrow,
+                    &kf,
+                    &vf,
+                    table,
+                    layer_elems,
+                    head / group,
+                    kvh,
+                    bs,
+                    ctx - ql + t,
+                    scale as f64,
+                );
+                for d in 0..hd {
+                    let g = got[(row * heads + head) * hd + d] as f64;
+                    let err = (g - want[d]).abs();
+                    worst = worst.max(err);
+                    // P is rounded to bf16 before P·V (as flash-attention does): a few
+                    // bf16 ulps of the output.
+                    assert!(
+                        err <= want[d].abs() / 64.0 + 4e-3,
+                        "{arch} {name} seq {s} row {t} head {head} d {d}: {g} vs {}",
+                        want[d]
+                    );
+                }
+            }
+            row += 1;
+        }
+    }
+    eprintln!(
+        "{arch} {name} ({} instructions): worst error {worst:.2e}",
+        stats.instructions
+    );
+}
+
+#[test]
+fn prefill_attention_gqa_1_to_1_head_dim_64_chunked() {
+    let Some(dir) = ptx_dir("prefill_attention_gqa_1_to_1_head_dim_64_chunked") else {
+        return;
+    };
+    // A short prompt, one crossing both the 64-row tile and the 64-key tile, and a chunk of
+    // 3 rows against 40 cached positions.
+    let seqs = [(5, 5), (70, 70), (3, 40)];
+    for arch in ["sm_90", "sm_80"] {
+        run_prefill(&dir, arch, 2, 2, 64, 16, &seqs);
+    }
+}
+
+#[test]
+fn prefill_attention_gqa_8_to_1_head_dim_128() {
+    let Some(dir) = ptx_dir("prefill_attention_gqa_8_to_1_head_dim_128") else {
+        return;
+    };
+    // 8 heads packed per CTA leave 8 rows per tile; a decode row rides in the same batch.
+    let seqs = [(17, 33), (1, 20)];
+    run_prefill(&dir, "sm_90", 16, 2, 128, 16, &seqs);
+}

@@ -34,6 +34,12 @@ pub struct CompileArgs {
     /// ptxas to assemble the PTX with (default: $CUDA_BIN, beside the CUDA headers, or PATH).
     #[arg(long)]
     pub ptxas: Option<PathBuf>,
+    /// Compile the .cu files (and common.cuh) of this directory instead of the embedded
+    /// kernels, through the same NVRTC path: for trying a kernel edit, or the deliberately
+    /// broken kernels of scripts/mutation-check.sh, on the emulator. No manifest is written,
+    /// so the backend never loads such a set as the real one.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
 }
 
 pub fn run(cmd: KernelsCommand) -> Result<()> {
@@ -58,8 +64,18 @@ fn compile_all(a: CompileArgs) -> Result<()> {
     let mut entries = Vec::new();
     let mut manifest = Vec::new();
     let mut spilled = Vec::new();
+    let edited_common = match &a.source {
+        Some(dir) => Some(read_source(&dir.join("common.cuh"))?),
+        None => None,
+    };
     for k in KERNELS {
-        let ptx = compile::compile_ptx(k, arch, &include)?;
+        let ptx = match (&a.source, &edited_common) {
+            (Some(dir), Some(common)) => {
+                let source = read_source(&dir.join(format!("{}.cu", k.name)))?;
+                compile::compile_ptx_from(k, common, &source, arch, &include)?
+            }
+            _ => compile::compile_ptx(k, arch, &include)?,
+        };
         let ptx_name = format!("{}.{arch}.ptx", k.name);
         let file = out_dir.join(&ptx_name);
         std::fs::write(&file, &ptx).map_err(|e| Error::io(&file, e))?;
@@ -106,8 +122,11 @@ fn compile_all(a: CompileArgs) -> Result<()> {
             "resources": resources,
         }));
     }
-    // The set a GPU machine can load with $ASYNCTHINK_KERNEL_DIR instead of running NVRTC.
-    kernel_set::write_manifest(&out_dir, arch, manifest)?;
+    // The set a GPU machine can load with $ASYNCTHINK_KERNEL_DIR instead of running NVRTC;
+    // an edited set (--source) has no manifest, so it cannot pass for the embedded one.
+    if a.source.is_none() {
+        kernel_set::write_manifest(&out_dir, arch, manifest)?;
+    }
     if let Some(path) = &a.report {
         let report = json!({
             "arch": arch,
@@ -134,4 +153,8 @@ fn compile_all(a: CompileArgs) -> Result<()> {
         out_dir.display()
     );
     Ok(())
+}
+
+fn read_source(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }

@@ -169,29 +169,49 @@ pub fn find_cuda_include() -> Result<PathBuf> {
 /// The full text NVRTC compiles: the shared helpers, then the kernel file (a `#line`
 /// directive keeps compiler messages pointing at the kernel file's own lines).
 pub fn full_source(k: &KernelFile) -> String {
-    format!("{COMMON}\n#line 1 \"kernels/{}.cu\"\n{}", k.name, k.source)
+    source_text(k.name, COMMON, k.source)
+}
+
+fn source_text(name: &str, common: &str, source: &str) -> String {
+    format!("{common}\n#line 1 \"kernels/{name}.cu\"\n{source}")
 }
 
 /// Compiles one kernel file to PTX for `arch` and checks its PTX ISA version.
 pub fn compile_ptx(k: &KernelFile, arch: &'static str, include: &Path) -> Result<String> {
+    compile_text(k.name, full_source(k), arch, include)
+}
+
+/// Compiles an edited copy of kernel file `k.name` (`common` and `source` read from
+/// elsewhere) through the same NVRTC options: how a kernel change, or a deliberately broken
+/// kernel of the mutation check, is compiled before it is tried on the emulator.
+pub fn compile_ptx_from(
+    k: &KernelFile,
+    common: &str,
+    source: &str,
+    arch: &'static str,
+    include: &Path,
+) -> Result<String> {
+    compile_text(k.name, source_text(k.name, common, source), arch, include)
+}
+
+fn compile_text(name: &str, text: String, arch: &'static str, include: &Path) -> Result<String> {
     probe::require_nvrtc()?;
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
         include_paths: vec![include.display().to_string()],
-        name: Some(format!("{}.cu", k.name)),
+        name: Some(format!("{name}.cu")),
         options: vec!["--std=c++17".into()],
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(full_source(k), opts)
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(text, opts)
         .map_err(|e| {
             cuda_err(format!(
-                "NVRTC failed on kernels/{}.cu: {}",
-                k.name,
+                "NVRTC failed on kernels/{name}.cu: {}",
                 describe(&e)
             ))
         })?
         .to_src();
-    check_ptx_version(k.name, &ptx)?;
+    check_ptx_version(name, &ptx)?;
     Ok(ptx)
 }
 

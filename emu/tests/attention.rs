@@ -265,7 +265,7 @@ fn run_prefill(
     let rows: usize = seqs.iter().map(|s| s.0).sum();
     let q = bf16_values(rows * heads * hd, 33, 1.0);
     let group = heads / kvh;
-    let pack = (1..=8.min(group)).rev().find(|p| group % p == 0).unwrap();
+    let pack = (1..=8.min(group)).rev().find(|p| group.is_multiple_of(*p)).unwrap();
     let rows_per_tile = 64 / pack;
     let mut tiles = Vec::new();
     let mut start = 0;

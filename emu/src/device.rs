@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::error::{EmuError, Result};
 use crate::exec::block::run_block;
+use crate::exec::counters::{self, Counters};
 use crate::exec::shared::SharedMemory;
 use crate::exec::thread::BlockEnv;
 use crate::memory::GlobalMemory;
@@ -17,6 +18,10 @@ pub const SHARED_OPT_IN_LIMIT: usize = 227 * 1024;
 
 pub struct Device {
     pub mem: GlobalMemory,
+    /// Rebuild each warp's memory requests and count sectors and bank conflicts (slower).
+    pub counting: bool,
+    /// Append one JSON line of counters per launch here (`$ASYNCTHINK_EMU_COUNTERS`).
+    pub counters_file: Option<std::path::PathBuf>,
 }
 
 pub struct Module {
@@ -75,13 +80,18 @@ pub struct LaunchStats {
     /// Thread-instructions executed (a predicated-off instruction does not count).
     pub instructions: u64,
     pub blocks: u64,
+    /// Memory counters; all zero unless `Device::counting` is on.
+    pub counters: Counters,
 }
 
 impl Device {
     /// An emulated device with `capacity` bytes of global memory.
     pub fn new(capacity: u64) -> Self {
+        let counters_file = std::env::var_os("ASYNCTHINK_EMU_COUNTERS").map(Into::into);
         Device {
             mem: GlobalMemory::new(capacity),
+            counting: counters_file.is_some(),
+            counters_file,
         }
     }
 
@@ -195,6 +205,7 @@ impl Device {
             None => kernel.static_shared,
         };
         let mut stats = LaunchStats::default();
+        let mut trace = Vec::new();
         let [gx, gy, gz] = cfg.grid;
         for z in 0..gz {
             for y in 0..gy {
@@ -208,11 +219,20 @@ impl Device {
                         nctaid: cfg.grid,
                         global: &mut self.mem,
                         shared: &mut shared,
+                        trace: self.counting.then_some(&mut trace),
                     };
                     stats.instructions += run_block(&mut env)?;
                     stats.blocks += 1;
+                    if self.counting {
+                        counters::count(&mut trace, &mut stats.counters);
+                        trace.clear();
+                    }
                 }
             }
+        }
+        stats.counters.thread_instructions = stats.instructions;
+        if let Some(path) = &self.counters_file {
+            append_counters(path, kernel, cfg, &stats)?;
         }
         Ok(stats)
     }
@@ -268,4 +288,33 @@ fn check_limits(k: &Kernel, cfg: &LaunchConfig) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn append_counters(
+    path: &std::path::Path,
+    k: &Kernel,
+    cfg: &LaunchConfig,
+    stats: &LaunchStats,
+) -> Result<()> {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "kernel": k.name,
+        "grid": cfg.grid,
+        "block": cfg.block,
+        "dynamic_shared_bytes": cfg.dynamic_shared,
+        "static_shared_bytes": k.static_shared,
+        "blocks": stats.blocks,
+        "counters": stats.counters,
+        "global_load_efficiency": stats.counters.global_load_efficiency(),
+        "global_store_efficiency": stats.counters.global_store_efficiency(),
+    });
+    let io = |e: std::io::Error| {
+        EmuError::Memory(format!("writing counters to {}: {e}", path.display()))
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    writeln!(f, "{line}").map_err(io)
 }

@@ -5,7 +5,7 @@
 
 mod support;
 
-use asyncthink_emu::{Arg, Device, LaunchConfig};
+use asyncthink_emu::{Arg, Device, LaunchConfig, LaunchStats};
 use support::*;
 
 struct Case {
@@ -27,8 +27,9 @@ fn decode_kernel(group: usize) -> &'static str {
     }
 }
 
-fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) {
+fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) -> LaunchStats {
     let mut dev = Device::new(1 << 28);
+    dev.counting = true;
     let m = dev.load_ptx(&ptx(dir, "attention_decode", arch)).unwrap();
     let (h, kvh, hd, bs) = (c.heads, c.kv_heads, c.head_dim, c.block_size);
     let rows = c.positions.len();
@@ -143,6 +144,7 @@ fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) {
         "{arch} {name} ({} instructions): worst error {worst:.2e}",
         stats.instructions
     );
+    stats
 }
 
 #[test]
@@ -245,8 +247,9 @@ fn run_prefill(
     hd: usize,
     bs: usize,
     seqs: &[(usize, usize)],
-) {
+) -> LaunchStats {
     let mut dev = Device::new(1 << 28);
+    dev.counting = true;
     let m = dev.load_ptx(&ptx(dir, "attention_prefill", arch)).unwrap();
     let pages: Vec<usize> = seqs.iter().map(|&(_, c)| c.div_ceil(bs)).collect();
     let total_pages: usize = pages.iter().sum::<usize>() + 1;
@@ -265,7 +268,10 @@ fn run_prefill(
     let rows: usize = seqs.iter().map(|s| s.0).sum();
     let q = bf16_values(rows * heads * hd, 33, 1.0);
     let group = heads / kvh;
-    let pack = (1..=8.min(group)).rev().find(|p| group.is_multiple_of(*p)).unwrap();
+    let pack = (1..=8.min(group))
+        .rev()
+        .find(|p| group.is_multiple_of(*p))
+        .unwrap();
     let rows_per_tile = 64 / pack;
     let mut tiles = Vec::new();
     let mut start = 0;
@@ -357,6 +363,7 @@ fn run_prefill(
         "{arch} {name} ({} instructions): worst error {worst:.2e}",
         stats.instructions
     );
+    stats
 }
 
 #[test]
@@ -380,4 +387,42 @@ fn prefill_attention_gqa_8_to_1_head_dim_128() {
     // 8 heads packed per CTA leave 8 rows per tile; a decode row rides in the same batch.
     let seqs = [(17, 33), (1, 20)];
     run_prefill(&dir, "sm_90", 16, 2, 128, 16, &seqs);
+}
+
+/// The memory behaviour of both attention kernels at one Qwen3-0.6B-shaped layer (16 query
+/// heads, 8 KV heads, head_dim 128, 16-position pages): decode at context 512, prefill of
+/// a 128-token prompt. Printed for docs/emulator.md; asserted where the kernels' own comments
+/// make a claim (16-byte K/V loads, conflict-free padded ldmatrix rows).
+#[test]
+fn attention_counters_at_the_qwen3_0_6b_shape() {
+    let Some(dir) = ptx_dir("attention_counters_at_the_qwen3_0_6b_shape") else {
+        return;
+    };
+    let c = Case {
+        heads: 16,
+        kv_heads: 8,
+        head_dim: 128,
+        block_size: 16,
+        positions: vec![511],
+        splits: 1,
+    };
+    let d = run_decode(&dir, "sm_90", &c);
+    let p = run_prefill(&dir, "sm_90", 16, 8, 128, 16, &[(128, 128)]);
+    for (name, s) in [("attention_decode_g2", &d), ("attention_prefill_d128", &p)] {
+        eprintln!(
+            "COUNTERS {name}: {}",
+            serde_json::to_string(&s.counters).unwrap()
+        );
+        eprintln!(
+            "  global load efficiency {:.3}, store {:.3}",
+            s.counters.global_load_efficiency(),
+            s.counters.global_store_efficiency()
+        );
+    }
+    assert!(
+        d.counters.global_load_efficiency() > 0.9,
+        "{:?}",
+        d.counters
+    );
+    assert_eq!(p.counters.shared_bank_conflicts, 0, "{:?}", p.counters);
 }

@@ -26,7 +26,12 @@ pub fn run_block(env: &mut BlockEnv) -> Result<u64, EmuError> {
         for y in 0..ny {
             for x in 0..nx {
                 let linear = x + nx * (y + ny * z);
-                threads.push(Thread::new([x, y, z], linear, env.kernel));
+                threads.push(Thread::new(
+                    [x, y, z],
+                    linear,
+                    env.kernel,
+                    env.trace.is_some(),
+                ));
             }
         }
     }

@@ -2,6 +2,7 @@
 //! block under independent scheduling (thread.rs, block.rs, warp.rs).
 
 pub mod block;
+pub mod counters;
 pub mod float;
 pub mod shared;
 pub mod thread;

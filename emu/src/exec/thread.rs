@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use super::counters::{Access, Kind};
 use super::float::*;
 use super::shared::SharedMemory;
 use crate::memory::GlobalMemory;
@@ -35,6 +36,8 @@ pub struct Thread {
     pub open_copies: Vec<AsyncCopy>,
     pub groups: VecDeque<Vec<AsyncCopy>>,
     pub executed: u64,
+    /// Executions so far of each instruction, kept only while counters are on.
+    occurrences: Vec<u32>,
 }
 
 /// What every thread of a block shares while it runs.
@@ -46,6 +49,8 @@ pub struct BlockEnv<'a> {
     pub nctaid: [u32; 3],
     pub global: &'a mut GlobalMemory,
     pub shared: &'a mut SharedMemory,
+    /// Every lane's memory access, when counters are on.
+    pub trace: Option<&'a mut Vec<Access>>,
 }
 
 pub fn mask(bits: u32) -> u64 {
@@ -84,7 +89,7 @@ fn extend(v: u64, ty: Ty) -> u64 {
 }
 
 impl Thread {
-    pub fn new(tid: [u32; 3], linear: u32, kernel: &Kernel) -> Self {
+    pub fn new(tid: [u32; 3], linear: u32, kernel: &Kernel, counting: bool) -> Self {
         Thread {
             tid,
             linear,
@@ -95,6 +100,11 @@ impl Thread {
             open_copies: Vec::new(),
             groups: VecDeque::new(),
             executed: 0,
+            occurrences: if counting {
+                vec![0; kernel.instrs.len()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -126,6 +136,23 @@ impl Thread {
     fn addr(&self, a: &Addr) -> u64 {
         let base = a.base.map_or(0, |r| self.regs[r as usize]);
         base.wrapping_add(a.offset as u64)
+    }
+
+    /// Records one access of the instruction at `pc` for the counters.
+    pub fn note(&mut self, env: &mut BlockEnv, kind: Kind, addr: u64, bytes: usize) {
+        if let Some(trace) = env.trace.as_deref_mut() {
+            let occurrence = &mut self.occurrences[self.pc];
+            trace.push(Access {
+                warp: self.linear / 32,
+                pc: self.pc as u32,
+                occurrence: *occurrence,
+                kind,
+                lane: self.linear % 32,
+                addr,
+                bytes: bytes as u32,
+            });
+            *occurrence += 1;
+        }
     }
 
     /// Runs until a collective instruction, an exit, or a fault.
@@ -286,6 +313,11 @@ impl Thread {
                 let size = ty.bytes();
                 let mut buf = vec![0u8; size * d.len()];
                 self.load(env, *space, at, &mut buf)?;
+                match space {
+                    Space::Global => self.note(env, Kind::GlobalLoad, at, buf.len()),
+                    Space::Shared => self.note(env, Kind::SharedLoad, at, buf.len()),
+                    _ => {}
+                }
                 for (i, r) in d.iter().enumerate() {
                     let mut w = [0u8; 8];
                     w[..size].copy_from_slice(&buf[i * size..(i + 1) * size]);
@@ -301,6 +333,11 @@ impl Thread {
                     buf.extend_from_slice(&self.get(env, o).to_le_bytes()[..size]);
                 }
                 self.store(env, *space, at, &buf)?;
+                match space {
+                    Space::Global => self.note(env, Kind::GlobalStore, at, buf.len()),
+                    Space::Shared => self.note(env, Kind::SharedStore, at, buf.len()),
+                    _ => {}
+                }
             }
             Op::CpAsync { dst, src, bytes } => {
                 let (dst, src) = (self.addr(dst), self.addr(src));
@@ -313,6 +350,8 @@ impl Thread {
                 let mut data = vec![0u8; n];
                 env.global.read(src, &mut data)?;
                 env.shared.mark_pending(self.linear, dst, n)?;
+                self.note(env, Kind::GlobalLoad, src, n);
+                self.note(env, Kind::SharedStore, dst, n);
                 self.open_copies.push(AsyncCopy { dst, data });
             }
             Op::CpAsyncCommit => {

@@ -2,6 +2,7 @@
 //! `shfl.sync` (all four modes, clamp and segment mask, membermask checked), and the
 //! tensor-core pair `ldmatrix` and `mma.sync.m16n8k16` with the ISA's fragment layouts.
 
+use super::counters::Kind;
 use super::float::bf16_to_f32;
 use super::thread::{BlockEnv, Thread};
 use crate::ptx::instr::{Op, ShflMode, Space};
@@ -154,7 +155,7 @@ pub fn ldmatrix(
     for (i, mat) in m.iter_mut().enumerate() {
         for (r, row) in mat.iter_mut().enumerate() {
             let ti = lanes[8 * i + r];
-            let t = &threads[ti];
+            let t = &mut threads[ti];
             let Op::Ldmatrix { addr, .. } = &env.kernel.instrs[t.pc].op else {
                 unreachable!()
             };
@@ -171,6 +172,7 @@ pub fn ldmatrix(
             let mut buf = [0u8; 16];
             t.load(env, Space::Shared, at, &mut buf)
                 .map_err(|e| (ti, e))?;
+            t.note(env, Kind::SharedLoad, at, 16);
             for (c, v) in row.iter_mut().enumerate() {
                 *v = u16::from_le_bytes([buf[2 * c], buf[2 * c + 1]]);
             }

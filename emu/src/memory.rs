@@ -106,6 +106,13 @@ impl GlobalMemory {
         format!("{len}-byte access at {addr:#x} is outside every live allocation: {near}")
     }
 
+    /// The bytes `[addr, addr+len)` in place: for library routines (the emulated cuBLAS)
+    /// that read large operands without copying them.
+    pub fn bytes(&self, addr: u64, len: usize) -> std::result::Result<&[u8], String> {
+        let (start, off) = self.locate(addr, len)?;
+        Ok(&self.allocs[&start][off..off + len])
+    }
+
     pub fn read(&self, addr: u64, out: &mut [u8]) -> std::result::Result<(), String> {
         let (start, off) = self.locate(addr, out.len())?;
         out.copy_from_slice(&self.allocs[&start][off..off + out.len()]);

@@ -182,9 +182,14 @@ pub extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> u32 {
     code::SUCCESS
 }
 
-fn alloc(dptr: *mut u64, bytes: usize) -> u32 {
-    match state().dev.alloc(bytes) {
+fn alloc(dptr: *mut u64, bytes: usize, stream: usize) -> u32 {
+    let mut st = state();
+    match st.dev.alloc(bytes) {
         Ok(at) => {
+            if let Some(owned) = st.capture_allocs.get_mut(&stream) {
+                owned.push(at);
+            }
+            drop(st);
             out!(dptr, at);
             code::SUCCESS
         }
@@ -195,11 +200,27 @@ fn alloc(dptr: *mut u64, bytes: usize) -> u32 {
     }
 }
 
-fn free(dptr: u64) -> u32 {
+fn free(dptr: u64, stream: usize) -> u32 {
     if dptr == 0 {
         return code::SUCCESS;
     }
-    match state().dev.free(dptr) {
+    let mut st = state();
+    // Freed inside the capture that allocated it: the graph owns it until destroyed.
+    if st
+        .capture_allocs
+        .get(&stream)
+        .is_some_and(|owned| owned.contains(&dptr))
+    {
+        return code::SUCCESS;
+    }
+    if st.capturing.contains_key(&stream) {
+        report(
+            "cuMemFreeAsync",
+            "freeing memory from before the capture inside it is not emulated",
+        );
+        return code::NOT_SUPPORTED;
+    }
+    match st.dev.free(dptr) {
         Ok(()) => code::SUCCESS,
         Err(e) => {
             report("cuMemFree", e);
@@ -210,22 +231,22 @@ fn free(dptr: u64) -> u32 {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn cuMemAlloc_v2(dptr: *mut u64, bytes: usize) -> u32 {
-    alloc(dptr, bytes)
+    alloc(dptr, bytes, usize::MAX)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytes: usize, _stream: *mut c_void) -> u32 {
-    alloc(dptr, bytes)
+pub extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytes: usize, stream: *mut c_void) -> u32 {
+    alloc(dptr, bytes, stream as usize)
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn cuMemFree_v2(dptr: u64) -> u32 {
-    free(dptr)
+    free(dptr, usize::MAX)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn cuMemFreeAsync(dptr: u64, _stream: *mut c_void) -> u32 {
-    free(dptr)
+pub extern "C" fn cuMemFreeAsync(dptr: u64, stream: *mut c_void) -> u32 {
+    free(dptr, stream as usize)
 }
 
 fn submit(stream: *mut c_void, work: Work) -> u32 {
@@ -632,6 +653,7 @@ pub extern "C" fn cuStreamBeginCapture_v2(stream: *mut c_void, _mode: u32) -> u3
         return code::INVALID_VALUE;
     }
     st.capturing.insert(stream as usize, Vec::new());
+    st.capture_allocs.insert(stream as usize, Vec::new());
     code::SUCCESS
 }
 
@@ -641,8 +663,13 @@ pub extern "C" fn cuStreamEndCapture(stream: *mut c_void, graph: *mut *mut c_voi
     let Some(work) = st.capturing.remove(&(stream as usize)) else {
         return code::INVALID_VALUE;
     };
+    let owned = st
+        .capture_allocs
+        .remove(&(stream as usize))
+        .unwrap_or_default();
     let id = st.id();
     st.graphs.insert(id, work);
+    st.graph_allocs.insert(id, owned);
     drop(st);
     out!(graph, id as *mut c_void);
     code::SUCCESS
@@ -662,11 +689,11 @@ pub extern "C" fn cuGraphInstantiateWithFlags(
     _flags: u64,
 ) -> u32 {
     let mut st = state();
-    if !st.graphs.contains_key(&(graph as usize)) {
+    let Some(work) = st.graphs.get(&(graph as usize)).cloned() else {
         return code::INVALID_HANDLE;
-    }
+    };
     let id = st.id();
-    st.execs.insert(id, graph as usize);
+    st.execs.insert(id, (graph as usize, work));
     drop(st);
     out!(exec, id as *mut c_void);
     code::SUCCESS
@@ -701,13 +728,18 @@ pub extern "C" fn cuGraphLaunch(exec: *mut c_void, stream: *mut c_void) -> u32 {
 
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphExecDestroy(exec: *mut c_void) -> u32 {
-    state().execs.remove(&(exec as usize));
+    let mut st = state();
+    if let Some((graph, _)) = st.execs.remove(&(exec as usize)) {
+        st.release_graph_memory(graph);
+    }
     code::SUCCESS
 }
 
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphDestroy(graph: *mut c_void) -> u32 {
-    state().graphs.remove(&(graph as usize));
+    let mut st = state();
+    st.graphs.remove(&(graph as usize));
+    st.release_graph_memory(graph as usize);
     code::SUCCESS
 }
 

@@ -43,6 +43,7 @@ pub struct Function {
 }
 
 /// One piece of stream work, as recorded in a graph.
+#[derive(Clone)]
 pub enum Work {
     Launch {
         func: usize,
@@ -80,8 +81,14 @@ pub struct State {
     pub streams: HashMap<usize, ()>,
     /// Streams being captured, with the work recorded so far.
     pub capturing: HashMap<usize, Vec<Work>>,
+    /// Memory allocated on a stream while it was captured: CUDA makes these graph memory
+    /// nodes, valid whenever the graph runs, so they live until the graph is destroyed.
+    pub capture_allocs: HashMap<usize, Vec<u64>>,
     pub graphs: HashMap<usize, Vec<Work>>,
-    pub execs: HashMap<usize, usize>,
+    pub graph_allocs: HashMap<usize, Vec<u64>>,
+    /// Instantiated graphs: their own copy of the work (a graph may be destroyed while its
+    /// instantiation lives on) and the graph they came from.
+    pub execs: HashMap<usize, (usize, Vec<Work>)>,
     pub events: HashMap<usize, Option<Instant>>,
     /// The stream each cuBLAS handle submits to.
     pub blas_streams: HashMap<usize, usize>,
@@ -109,7 +116,9 @@ pub fn state() -> MutexGuard<'static, State> {
                 functions: HashMap::new(),
                 streams: HashMap::new(),
                 capturing: HashMap::new(),
+                capture_allocs: HashMap::new(),
                 graphs: HashMap::new(),
+                graph_allocs: HashMap::new(),
                 execs: HashMap::new(),
                 events: HashMap::new(),
                 blas_streams: HashMap::new(),
@@ -123,8 +132,13 @@ pub fn state() -> MutexGuard<'static, State> {
 }
 
 /// Prints why a call failed: the driver API has only a code, and the emulator knows more.
+/// With `ASYNCTHINK_EMU_ABORT=1` the process aborts at the first report, so a debugger shows
+/// the host stack that made the failing call.
 pub fn report(what: &str, msg: impl std::fmt::Display) {
     eprintln!("[asyncthink-emu libcuda] {what}: {msg}");
+    if std::env::var("ASYNCTHINK_EMU_ABORT").as_deref() == Ok("1") {
+        std::process::abort();
+    }
 }
 
 impl State {
@@ -206,6 +220,19 @@ impl State {
             Err(e) => {
                 report(what, e);
                 code::ILLEGAL_ADDRESS
+            }
+        }
+    }
+}
+
+impl State {
+    /// Frees a graph's memory nodes once neither the graph nor any instantiation of it lives.
+    pub fn release_graph_memory(&mut self, graph: usize) {
+        let in_use =
+            self.graphs.contains_key(&graph) || self.execs.values().any(|(g, _)| *g == graph);
+        if !in_use {
+            for at in self.graph_allocs.remove(&graph).unwrap_or_default() {
+                let _ = self.dev.free(at);
             }
         }
     }

@@ -702,9 +702,6 @@ pub extern "C" fn cuGraphInstantiateWithFlags(
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch(exec: *mut c_void, stream: *mut c_void) -> u32 {
     let mut st = state();
-    let Some(&graph) = st.execs.get(&(exec as usize)) else {
-        return code::INVALID_HANDLE;
-    };
     if st.capturing.contains_key(&(stream as usize)) {
         report(
             "cuGraphLaunch",
@@ -712,7 +709,7 @@ pub extern "C" fn cuGraphLaunch(exec: *mut c_void, stream: *mut c_void) -> u32 {
         );
         return code::NOT_SUPPORTED;
     }
-    let Some(work) = st.graphs.remove(&graph) else {
+    let Some((graph, work)) = st.execs.remove(&(exec as usize)) else {
         return code::INVALID_HANDLE;
     };
     let mut rc = code::SUCCESS;
@@ -722,7 +719,7 @@ pub extern "C" fn cuGraphLaunch(exec: *mut c_void, stream: *mut c_void) -> u32 {
             break;
         }
     }
-    st.graphs.insert(graph, work);
+    st.execs.insert(exec as usize, (graph, work));
     rc
 }
 

@@ -4,6 +4,9 @@
 # references with its bounds, race and cp.async checks, and nothing may skip. Then the
 # mutation check proves the suite fails on six one-line kernel bugs.
 #
+# Last, the unchanged GPU tests (tests/cuda_*.rs) run against the emulated libcuda/libcublas
+# (emu/driver): the real CudaBackend, NVRTC at run time, graphs, cuBLAS products.
+#
 #   scripts/test-gpu-emulated.sh [PTX_DIR]   # reuse a set `kernels compile` already wrote
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,3 +24,27 @@ ASYNCTHINK_EMU_PTX_DIR="$ptx" ASYNCTHINK_REQUIRE_GPU=1 \
     cargo test --locked --release -p asyncthink-emu
 echo "== mutation check: one-line kernel bugs must make the emulated suite fail"
 scripts/mutation-check.sh "$ptx"
+
+# CI runs tests/cuda_kernels.rs (every forward kernel, a whole tiny model, cuBLAS, graphs:
+# ~100 s); the other GPU test files run the same way but take longer than the CI budget at
+# their full shapes: EMU_GPU_TESTS="--test cuda_sampling --test cuda_train ..." selects them.
+echo "== the unchanged GPU tests on the emulated driver and cuBLAS (emu/driver)"
+cargo build --locked --release -p asyncthink-emu-driver
+lib="$PWD/target/emu-lib"
+mkdir -p "$lib"
+# One file under every name cudarc and NVRTC open, so the driver and cuBLAS share one device.
+for name in libcuda.so libcuda.so.1 libcublas.so libcublas.so.13; do
+    ln -sf ../release/libcuda.so "$lib/$name"
+done
+# The test binaries are built with the environment of the plain `cargo test` (LD_LIBRARY_PATH
+# feeds build.rs, so changing it would rebuild them); only running them sees the emulator.
+mapfile -t bins < <(cargo test --locked --no-run --message-format=json ${EMU_GPU_TESTS:---test cuda_kernels} 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+for bin in "${bins[@]}"; do
+    echo "-- $(basename "$bin")"
+    LD_LIBRARY_PATH="$lib:$LD_LIBRARY_PATH" ASYNCTHINK_REQUIRE_GPU=1 "$bin" --include-ignored ${EMU_GPU_SKIP:-}
+done

@@ -19,6 +19,7 @@ pub struct GlobalMemory {
     /// Bytes currently allocated and the limit the device reports as its memory.
     pub used: u64,
     pub capacity: u64,
+    peak: u64,
 }
 
 impl GlobalMemory {
@@ -28,6 +29,7 @@ impl GlobalMemory {
             next: BASE,
             used: 0,
             capacity,
+            peak: 0,
         }
     }
 
@@ -42,6 +44,7 @@ impl GlobalMemory {
         self.next = (at + bytes.max(1) as u64 + GAP).div_ceil(ALIGN) * ALIGN;
         self.allocs.insert(at, vec![0; bytes]);
         self.used += bytes as u64;
+        self.peak = self.peak.max(self.used);
         Ok(at)
     }
 
@@ -117,6 +120,22 @@ impl GlobalMemory {
         let (start, off) = self.locate(addr, out.len())?;
         out.copy_from_slice(&self.allocs[&start][off..off + out.len()]);
         Ok(())
+    }
+
+    pub fn fill(&mut self, addr: u64, len: usize, value: u8) -> std::result::Result<(), String> {
+        let (start, off) = self.locate(addr, len)?;
+        let buf = self.allocs.get_mut(&start).ok_or("allocation vanished")?;
+        buf[off..off + len].fill(value);
+        Ok(())
+    }
+
+    /// The most bytes allocated at once since the last reset (`cuMemPoolGetAttribute`).
+    pub fn peak(&self) -> u64 {
+        self.peak
+    }
+
+    pub fn reset_peak(&mut self) {
+        self.peak = self.used;
     }
 
     pub fn write(&mut self, addr: u64, data: &[u8]) -> std::result::Result<(), String> {

@@ -787,3 +787,45 @@ pub extern "C" fn cuGraphUpload(exec: *mut c_void, _stream: *mut c_void) -> u32 
         code::INVALID_HANDLE
     }
 }
+
+/// The device's one memory pool (every cuMemAllocAsync draws from it).
+const POOL: usize = 0x900;
+const POOL_USED_MEM_CURRENT: u32 = 7;
+const POOL_USED_MEM_HIGH: u32 = 8;
+
+#[unsafe(no_mangle)]
+pub extern "C" fn cuDeviceGetDefaultMemPool(pool: *mut *mut c_void, _dev: i32) -> u32 {
+    out!(pool, POOL as *mut c_void);
+    code::SUCCESS
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn cuMemPoolGetAttribute(pool: *mut c_void, attr: u32, value: *mut c_void) -> u32 {
+    if pool as usize != POOL {
+        return code::INVALID_HANDLE;
+    }
+    let st = state();
+    let v = match attr {
+        POOL_USED_MEM_CURRENT => st.dev.mem.used,
+        POOL_USED_MEM_HIGH => st.dev.mem.peak(),
+        _ => return code::NOT_SUPPORTED,
+    };
+    drop(st);
+    out!(value.cast::<u64>(), v);
+    code::SUCCESS
+}
+
+/// Only resetting the high-water mark (writing 0 to USED_MEM_HIGH) is meaningful here.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuMemPoolSetAttribute(pool: *mut c_void, attr: u32, _value: *mut c_void) -> u32 {
+    if pool as usize != POOL {
+        return code::INVALID_HANDLE;
+    }
+    match attr {
+        POOL_USED_MEM_HIGH => {
+            state().dev.mem.reset_peak();
+            code::SUCCESS
+        }
+        _ => code::NOT_SUPPORTED,
+    }
+}

@@ -26,13 +26,13 @@ pub mod code {
     pub const NOT_SUPPORTED: u32 = 801;
 }
 
-/// Device memory of the emulated GPU (`ASYNCTHINK_EMU_MEMORY_MB`, default 16 GiB: enough for
-/// every test's KV cache at 0.9 utilization, and no host memory is used until written).
+/// Device memory of the emulated GPU (`ASYNCTHINK_EMU_MEMORY_MB`, default 4 GiB). The engine
+/// sizes its KV cache from the free memory it reports, and emulated memory is host memory.
 fn memory_bytes() -> u64 {
     std::env::var("ASYNCTHINK_EMU_MEMORY_MB")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(16 * 1024)
+        .unwrap_or(4 * 1024)
         << 20
 }
 
@@ -208,7 +208,11 @@ impl State {
                 self.mem_result("cuMemcpyDtoD", r)
             }
             Work::Memset { dst, value, bytes } => {
-                let r = self.dev.write(dst, &vec![value; bytes]);
+                let r = self
+                    .dev
+                    .mem
+                    .fill(dst, bytes, value)
+                    .map_err(asyncthink_emu::EmuError::Memory);
                 self.mem_result("cuMemsetD8", r)
             }
         }

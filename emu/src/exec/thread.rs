@@ -311,16 +311,19 @@ impl Thread {
             Op::Ld { space, ty, d, addr } => {
                 let at = self.addr(addr);
                 let size = ty.bytes();
-                let mut buf = vec![0u8; size * d.len()];
-                self.load(env, *space, at, &mut buf)?;
+                // At most a .v4 of 8-byte values: no allocation per load.
+                let mut raw = [0u8; 32];
+                let buf = &mut raw[..size * d.len()];
+                self.load(env, *space, at, buf)?;
+                let len = buf.len();
                 match space {
-                    Space::Global => self.note(env, Kind::GlobalLoad, at, buf.len()),
-                    Space::Shared => self.note(env, Kind::SharedLoad, at, buf.len()),
+                    Space::Global => self.note(env, Kind::GlobalLoad, at, len),
+                    Space::Shared => self.note(env, Kind::SharedLoad, at, len),
                     _ => {}
                 }
                 for (i, r) in d.iter().enumerate() {
                     let mut w = [0u8; 8];
-                    w[..size].copy_from_slice(&buf[i * size..(i + 1) * size]);
+                    w[..size].copy_from_slice(&raw[i * size..(i + 1) * size]);
                     let v = extend(u64::from_le_bytes(w), *ty);
                     self.set(k, *r, v);
                 }
@@ -328,11 +331,13 @@ impl Thread {
             Op::St { space, ty, addr, a } => {
                 let at = self.addr(addr);
                 let size = ty.bytes();
-                let mut buf = Vec::with_capacity(size * a.len());
-                for o in a {
-                    buf.extend_from_slice(&self.get(env, o).to_le_bytes()[..size]);
+                let mut raw = [0u8; 32];
+                for (i, o) in a.iter().enumerate() {
+                    raw[i * size..(i + 1) * size]
+                        .copy_from_slice(&self.get(env, o).to_le_bytes()[..size]);
                 }
-                self.store(env, *space, at, &buf)?;
+                let buf = &raw[..size * a.len()];
+                self.store(env, *space, at, buf)?;
                 match space {
                     Space::Global => self.note(env, Kind::GlobalStore, at, buf.len()),
                     Space::Shared => self.note(env, Kind::SharedStore, at, buf.len()),

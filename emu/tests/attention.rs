@@ -18,6 +18,94 @@ struct Case {
     splits: usize,
 }
 
+/// A paged KV cache of two layers (the kernels read layer 1 through `layer_off`) holding the
+/// given contexts. Pages are handed out last-first so a table is neither 0.. nor in order.
+struct PagedKv {
+    tables: Vec<u32>,
+    /// Where each sequence's table starts in `tables`.
+    table_off: Vec<u32>,
+    layer_elems: usize,
+    kvh: usize,
+    bs: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kd: u64,
+    vd: u64,
+    td: u64,
+}
+
+fn paged_kv(
+    dev: &mut Device,
+    contexts: &[usize],
+    kvh: usize,
+    hd: usize,
+    bs: usize,
+    seed: u64,
+) -> PagedKv {
+    let pages: Vec<usize> = contexts.iter().map(|c| c.div_ceil(bs)).collect();
+    let total_pages: usize = pages.iter().sum::<usize>() + 1;
+    let mut next = total_pages;
+    let (mut tables, mut table_off) = (Vec::new(), Vec::new());
+    for &n in &pages {
+        table_off.push(tables.len() as u32);
+        for _ in 0..n {
+            next -= 1;
+            tables.push(next as u32);
+        }
+    }
+    let layer_elems = total_pages * kvh * bs * hd;
+    let k = bf16_values(2 * layer_elems, seed, 1.0);
+    let v = bf16_values(2 * layer_elems, seed + 1, 1.0);
+    let (kd, vd, td) = (
+        upload_u16(dev, &k),
+        upload_u16(dev, &v),
+        upload_u32(dev, &tables),
+    );
+    PagedKv {
+        tables,
+        table_off,
+        layer_elems,
+        kvh,
+        bs,
+        k: f32s(&k),
+        v: f32s(&v),
+        kd,
+        vd,
+        td,
+    }
+}
+
+impl PagedKv {
+    /// Attention in f64 of one query at position `pos` of sequence `seq`, KV head `kv`.
+    fn reference(&self, seq: usize, qrow: &[f32], kv: usize, pos: usize, scale: f64) -> Vec<f64> {
+        let (hd, kvh, bs) = (qrow.len(), self.kvh, self.bs);
+        let table = &self.tables[self.table_off[seq] as usize..];
+        let at = |i: usize| {
+            let slot = table[i / bs] as usize * bs + i % bs;
+            self.layer_elems + ((slot / bs * kvh + kv) * bs + slot % bs) * hd
+        };
+        let scores: Vec<f64> = (0..=pos)
+            .map(|i| {
+                (0..hd)
+                    .map(|d| qrow[d] as f64 * self.k[at(i) + d] as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+        let z: f64 = w.iter().sum();
+        (0..hd)
+            .map(|d| {
+                (0..=pos)
+                    .map(|i| w[i] * self.v[at(i) + d] as f64)
+                    .sum::<f64>()
+                    / z
+            })
+            .collect()
+    }
+}
+
 fn decode_kernel(group: usize) -> &'static str {
     match group {
         1 => "attention_decode_g1",
@@ -33,37 +121,17 @@ fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) -> LaunchStats {
     let m = dev.load_ptx(&ptx(dir, "attention_decode", arch)).unwrap();
     let (h, kvh, hd, bs) = (c.heads, c.kv_heads, c.head_dim, c.block_size);
     let rows = c.positions.len();
-    let pages: Vec<usize> = c.positions.iter().map(|p| (p + 1).div_ceil(bs)).collect();
-    let total_pages: usize = pages.iter().sum::<usize>() + 1;
-    // Pages are handed out last-first so a table's entries are neither 0.. nor in order.
-    let mut next = total_pages;
-    let mut tables = Vec::new();
-    let mut row_table = Vec::new();
-    for &n in &pages {
-        row_table.push(tables.len() as u32);
-        for _ in 0..n {
-            next -= 1;
-            tables.push(next as u32);
-        }
-    }
-    // Two layers; the kernel reads layer 1 through layer_off.
-    let layer_elems = total_pages * kvh * bs * hd;
-    let k = bf16_values(2 * layer_elems, 21, 1.0);
-    let v = bf16_values(2 * layer_elems, 22, 1.0);
+    let contexts: Vec<usize> = c.positions.iter().map(|p| p + 1).collect();
+    let kv = paged_kv(&mut dev, &contexts, kvh, hd, bs, 21);
     let q = bf16_values(rows * h * hd, 23, 1.0);
-    let (kd, vd, qd) = (
-        upload_u16(&mut dev, &k),
-        upload_u16(&mut dev, &v),
-        upload_u16(&mut dev, &q),
-    );
+    let qd = upload_u16(&mut dev, &q);
     let pos: Vec<u32> = c.positions.iter().map(|&p| p as u32).collect();
-    let (posd, rtd, td) = (
+    let (posd, rtd) = (
         upload_u32(&mut dev, &pos),
-        upload_u32(&mut dev, &row_table),
-        upload_u32(&mut dev, &tables),
+        upload_u32(&mut dev, &kv.table_off),
     );
     let splits = c.splits;
-    let max_pages = *pages.iter().max().unwrap();
+    let max_pages = contexts.iter().map(|c| c.div_ceil(bs)).max().unwrap();
     let pps = max_pages.div_ceil(splits);
     let part_o = dev.alloc(rows * h * splits * hd * 4).unwrap();
     let part_ml = dev.alloc(rows * h * splits * 2 * 4).unwrap();
@@ -72,12 +140,12 @@ fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) -> LaunchStats {
     let name = decode_kernel(h / kvh);
     let args = [
         Arg::Ptr(qd),
-        Arg::Ptr(kd),
-        Arg::Ptr(vd),
-        Arg::U64(layer_elems as u64),
+        Arg::Ptr(kv.kd),
+        Arg::Ptr(kv.vd),
+        Arg::U64(kv.layer_elems as u64),
         Arg::Ptr(posd),
         Arg::Ptr(rtd),
-        Arg::Ptr(td),
+        Arg::Ptr(kv.td),
         Arg::Ptr(part_o),
         Arg::Ptr(part_ml),
         Arg::I32(h as i32),
@@ -104,31 +172,14 @@ fn run_decode(dir: &std::path::Path, arch: &str, c: &Case) -> LaunchStats {
         .unwrap_or_else(|e| panic!("{arch} reduce: {e}"));
     let got = f32s(&download_u16(&dev, out, rows * h * hd));
 
-    let (kf, vf, qf) = (f32s(&k), f32s(&v), f32s(&q));
+    let qf = f32s(&q);
     let group = h / kvh;
     let mut worst = 0f64;
     for (r, &p) in c.positions.iter().enumerate() {
-        let table = &tables[row_table[r] as usize..];
         for head in 0..h {
-            let kv = head / group;
-            let at = |i: usize| {
-                let slot = table[i / bs] as usize * bs + i % bs;
-                layer_elems + ((slot / bs * kvh + kv) * bs + slot % bs) * hd
-            };
             let qrow = &qf[(r * h + head) * hd..][..hd];
-            let scores: Vec<f64> = (0..=p)
-                .map(|i| {
-                    (0..hd)
-                        .map(|d| qrow[d] as f64 * kf[at(i) + d] as f64)
-                        .sum::<f64>()
-                        * scale as f64
-                })
-                .collect();
-            let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-            let z: f64 = w.iter().sum();
-            for d in 0..hd {
-                let want = (0..=p).map(|i| w[i] * vf[at(i) + d] as f64).sum::<f64>() / z;
+            let want = kv.reference(r, qrow, head / group, p, scale as f64);
+            for (d, want) in want.iter().enumerate() {
                 let g = got[(r * h + head) * hd + d] as f64;
                 let err = (g - want).abs();
                 worst = worst.max(err);
@@ -201,42 +252,6 @@ fn decode_attention_gqa_2_and_4() {
     }
 }
 
-/// Reference attention of one query (row `qrow`, at position `pos`) over keys 0..=pos read
-/// through `table`, in f64.
-#[allow(clippy::too_many_arguments)]
-fn reference(
-    qrow: &[f32],
-    kf: &[f32],
-    vf: &[f32],
-    table: &[u32],
-    layer_elems: usize,
-    kv: usize,
-    kvh: usize,
-    bs: usize,
-    pos: usize,
-    scale: f64,
-) -> Vec<f64> {
-    let hd = qrow.len();
-    let at = |i: usize| {
-        let slot = table[i / bs] as usize * bs + i % bs;
-        layer_elems + ((slot / bs * kvh + kv) * bs + slot % bs) * hd
-    };
-    let scores: Vec<f64> = (0..=pos)
-        .map(|i| {
-            (0..hd)
-                .map(|d| qrow[d] as f64 * kf[at(i) + d] as f64)
-                .sum::<f64>()
-                * scale
-        })
-        .collect();
-    let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-    let z: f64 = w.iter().sum();
-    (0..hd)
-        .map(|d| (0..=pos).map(|i| w[i] * vf[at(i) + d] as f64).sum::<f64>() / z)
-        .collect()
-}
-
 /// `(query_len, context_len)` per sequence: the last query_len positions of each context
 /// are this step's rows (chunked prefill when query_len < context_len).
 fn run_prefill(
@@ -251,20 +266,8 @@ fn run_prefill(
     let mut dev = Device::new(1 << 28);
     dev.counting = true;
     let m = dev.load_ptx(&ptx(dir, "attention_prefill", arch)).unwrap();
-    let pages: Vec<usize> = seqs.iter().map(|&(_, c)| c.div_ceil(bs)).collect();
-    let total_pages: usize = pages.iter().sum::<usize>() + 1;
-    let mut next = total_pages;
-    let (mut tables, mut table_off) = (Vec::new(), Vec::new());
-    for &n in &pages {
-        table_off.push(tables.len() as u32);
-        for _ in 0..n {
-            next -= 1;
-            tables.push(next as u32);
-        }
-    }
-    let layer_elems = total_pages * kvh * bs * hd;
-    let k = bf16_values(2 * layer_elems, 31, 1.0);
-    let v = bf16_values(2 * layer_elems, 32, 1.0);
+    let contexts: Vec<usize> = seqs.iter().map(|&(_, c)| c).collect();
+    let kv = paged_kv(&mut dev, &contexts, kvh, hd, bs, 31);
     let rows: usize = seqs.iter().map(|s| s.0).sum();
     let q = bf16_values(rows * heads * hd, 33, 1.0);
     let group = heads / kvh;
@@ -281,17 +284,13 @@ fn run_prefill(
                 (start + t) as u32,
                 rows_per_tile.min(ql - t) as u32,
                 (ctx - ql + t) as u32,
-                table_off[s],
+                kv.table_off[s],
             ]);
         }
         start += ql;
     }
-    let (kd, vd, qd) = (
-        upload_u16(&mut dev, &k),
-        upload_u16(&mut dev, &v),
-        upload_u16(&mut dev, &q),
-    );
-    let (tiles_d, td) = (upload_u32(&mut dev, &tiles), upload_u32(&mut dev, &tables));
+    let qd = upload_u16(&mut dev, &q);
+    let tiles_d = upload_u32(&mut dev, &tiles);
     let out = dev.alloc(rows * heads * hd * 2).unwrap();
     let scale = 1.0 / (hd as f32).sqrt();
     let name = if hd <= 64 {
@@ -301,11 +300,11 @@ fn run_prefill(
     };
     let args = [
         Arg::Ptr(qd),
-        Arg::Ptr(kd),
-        Arg::Ptr(vd),
-        Arg::U64(layer_elems as u64),
+        Arg::Ptr(kv.kd),
+        Arg::Ptr(kv.vd),
+        Arg::U64(kv.layer_elems as u64),
         Arg::Ptr(tiles_d),
-        Arg::Ptr(td),
+        Arg::Ptr(kv.td),
         Arg::Ptr(out),
         Arg::I32(heads as i32),
         Arg::I32(kvh as i32),
@@ -323,26 +322,14 @@ fn run_prefill(
         .launch(&m, name, &cfg, &args)
         .unwrap_or_else(|e| panic!("{arch} {name}: {e}"));
     let got = f32s(&download_u16(&dev, out, rows * heads * hd));
-    let (kf, vf, qf) = (f32s(&k), f32s(&v), f32s(&q));
+    let qf = f32s(&q);
     let mut worst = 0f64;
     let mut row = 0;
     for (s, &(ql, ctx)) in seqs.iter().enumerate() {
-        let table = &tables[table_off[s] as usize..];
         for t in 0..ql {
             for head in 0..heads {
                 let qrow = &qf[(row * heads + head) * hd..][..hd];
-                let want = reference(
-                    qrow,
-                    &kf,
-                    &vf,
-                    table,
-                    layer_elems,
-                    head / group,
-                    kvh,
-                    bs,
-                    ctx - ql + t,
-                    scale as f64,
-                );
+                let want = kv.reference(s, qrow, head / group, ctx - ql + t, scale as f64);
                 for d in 0..hd {
                     let g = got[(row * heads + head) * hd + d] as f64;
                     let err = (g - want[d]).abs();

@@ -10,6 +10,19 @@
 #   scripts/test-gpu-emulated.sh [PTX_DIR]   # reuse a set `kernels compile` already wrote
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The GPU test binaries, listed (and built, if the plain `cargo test` has not) before the
+# toolchain changes LD_LIBRARY_PATH: build.rs watches it, so listing them later would rebuild
+# them all. Only running them sees the emulator.
+mapfile -t bins < <(cargo test --locked --no-run --message-format=json ${EMU_GPU_TESTS:---test cuda_kernels} 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+if [[ ${#bins[@]} -eq 0 ]]; then
+    echo "test-gpu-emulated: no GPU test binary was built (cargo test --no-run failed?)" >&2
+    exit 1
+fi
 source scripts/cuda-toolchain.sh
 cargo build --locked --release --bin asyncthink
 ptx="${1:-target/emu-ptx}"
@@ -36,14 +49,6 @@ mkdir -p "$lib"
 for name in libcuda.so libcuda.so.1 libcublas.so libcublas.so.13; do
     ln -sf ../release/libcuda.so "$lib/$name"
 done
-# The test binaries are built with the environment of the plain `cargo test` (LD_LIBRARY_PATH
-# feeds build.rs, so changing it would rebuild them); only running them sees the emulator.
-mapfile -t bins < <(cargo test --locked --no-run --message-format=json ${EMU_GPU_TESTS:---test cuda_kernels} 2>/dev/null |
-    python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
 for bin in "${bins[@]}"; do
     echo "-- $(basename "$bin")"
     LD_LIBRARY_PATH="$lib:$LD_LIBRARY_PATH" ASYNCTHINK_REQUIRE_GPU=1 "$bin" --include-ignored ${EMU_GPU_SKIP:-}

@@ -6,8 +6,8 @@
 #
 #   scripts/mutation-check.sh PTX_DIR
 set -euo pipefail
-cd "$(dirname "$0")/.."
 base="$(realpath "${1:?usage: scripts/mutation-check.sh PTX_DIR}")"
+cd "$(dirname "$0")/.."
 bin=target/release/asyncthink
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -51,7 +51,7 @@ PY
     elif grep -q "No such file" "$log"; then
         echo "BROKEN RUN  $what ($file): the tests failed for a missing file"; failed=1
     else
-        reason="$(grep -m1 -E "panicked at|^thread '.*' panicked" -A1 "$log" | tail -1 | cut -c1-150)"
+        reason="$(grep -m1 -E "panicked at|^thread '.*' panicked" -A1 "$log" | tail -1 | cut -c1-150 || true)"
         echo "caught      $what ($file): $reason"
     fi
 done

@@ -9,6 +9,7 @@
 #
 #   scripts/test-gpu-emulated.sh [PTX_DIR]   # reuse a set `kernels compile` already wrote
 set -euo pipefail
+arg_ptx="${1:+$(realpath "$1")}"
 cd "$(dirname "$0")/.."
 # The GPU test binaries, listed (and built, if the plain `cargo test` has not) before the
 # toolchain changes LD_LIBRARY_PATH: build.rs watches it, so listing them later would rebuild
@@ -25,8 +26,8 @@ if [[ ${#bins[@]} -eq 0 ]]; then
 fi
 source scripts/cuda-toolchain.sh
 cargo build --locked --release --bin asyncthink
-ptx="${1:-target/emu-ptx}"
-if [[ -z "${1:-}" ]]; then
+ptx="${arg_ptx:-target/emu-ptx}"
+if [[ -z "$arg_ptx" ]]; then
     for arch in sm_90 sm_80; do
         target/release/asyncthink kernels compile --arch "$arch" --out "$ptx/$arch" >/dev/null
     done
@@ -47,7 +48,7 @@ lib="$PWD/target/emu-lib"
 mkdir -p "$lib"
 # One file under every name cudarc and NVRTC open, so the driver and cuBLAS share one device.
 for name in libcuda.so libcuda.so.1 libcublas.so libcublas.so.13; do
-    ln -sf ../release/libcuda.so "$lib/$name"
+    ln -sf ../release/libasyncthink_emu_driver.so "$lib/$name"
 done
 for bin in "${bins[@]}"; do
     echo "-- $(basename "$bin")"

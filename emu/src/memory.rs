@@ -34,7 +34,7 @@ impl GlobalMemory {
     }
 
     pub fn alloc(&mut self, bytes: usize) -> Result<u64> {
-        if self.used + bytes as u64 > self.capacity {
+        if self.used.saturating_add(bytes as u64) > self.capacity {
             return Err(EmuError::Memory(format!(
                 "out of memory: {bytes} bytes requested, {} of {} in use",
                 self.used, self.capacity
@@ -64,7 +64,7 @@ impl GlobalMemory {
     fn locate(&self, addr: u64, len: usize) -> std::result::Result<(u64, usize), String> {
         if let Some((&start, buf)) = self.allocs.range(..=addr).next_back() {
             let off = (addr - start) as usize;
-            if off + len <= buf.len() {
+            if off.checked_add(len).is_some_and(|end| end <= buf.len()) {
                 return Ok((start, off));
             }
         }
@@ -84,16 +84,20 @@ impl GlobalMemory {
                 format!("{what} the {}-byte allocation at {s:#x}", b.len()),
             )
         });
-        let above = self.allocs.range(addr + 1..).next().map(|(&a, b)| {
-            (
-                a - addr,
-                format!(
-                    "{} bytes before the {}-byte allocation at {a:#x}",
+        let above = self
+            .allocs
+            .range(addr.saturating_add(1)..)
+            .next()
+            .map(|(&a, b)| {
+                (
                     a - addr,
-                    b.len()
-                ),
-            )
-        });
+                    format!(
+                        "{} bytes before the {}-byte allocation at {a:#x}",
+                        a - addr,
+                        b.len()
+                    ),
+                )
+            });
         let near = match (below, above) {
             (Some(b), Some(a)) => {
                 if b.0 <= a.0 {

@@ -126,6 +126,12 @@ fn compile_all(a: CompileArgs) -> Result<()> {
     // an edited set (--source) has no manifest, so it cannot pass for the embedded one.
     if a.source.is_none() {
         kernel_set::write_manifest(&out_dir, arch, manifest)?;
+    } else {
+        // A manifest left from the real set would vouch for the edited one.
+        let stale = out_dir.join("manifest.json");
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+        }
     }
     if let Some(path) = &a.report {
         let report = json!({

@@ -83,32 +83,32 @@ pub extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], _dev: i32) -> u32 {
 /// The attributes an sm_90 (H100/H200-class) device reports, for the ones anyone asks.
 fn attribute(a: u32) -> Option<i32> {
     Some(match a {
-        1 => 1024,              // MAX_THREADS_PER_BLOCK
-        2 | 3 => 1024,          // MAX_BLOCK_DIM_X, _Y
-        4 => 64,                // MAX_BLOCK_DIM_Z
-        5 => i32::MAX,          // MAX_GRID_DIM_X
-        6 | 7 => 65535,         // MAX_GRID_DIM_Y, _Z
-        8 => 48 * 1024,         // MAX_SHARED_MEMORY_PER_BLOCK
-        10 => 32,               // WARP_SIZE
-        12 => 65536,            // MAX_REGISTERS_PER_BLOCK
-        13 => 1_980_000,        // CLOCK_RATE (kHz)
-        16 => SM_COUNT,         // MULTIPROCESSOR_COUNT
-        39 => 2048,             // MAX_THREADS_PER_MULTIPROCESSOR
-        75 => 9,                // COMPUTE_CAPABILITY_MAJOR
-        76 => 0,                // COMPUTE_CAPABILITY_MINOR
-        81 => 228 * 1024,       // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
-        82 => 65536,            // MAX_REGISTERS_PER_MULTIPROCESSOR
-        97 => 227 * 1024,       // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        115 => 1,               // MEMORY_POOLS_SUPPORTED
-        36 => 2_619_000,        // MEMORY_CLOCK_RATE (kHz)
-        37 => 6144,             // GLOBAL_MEMORY_BUS_WIDTH
-        38 => 50 * 1024 * 1024, // L2_CACHE_SIZE
-        14 => 1,                // GPU_OVERLAP
-        15 => 0,                // KERNEL_EXEC_TIMEOUT
-        17 => 0,                // INTEGRATED
-        18 => 1,                // CAN_MAP_HOST_MEMORY
-        31 => 1,                // CONCURRENT_KERNELS
-        41 => 1,                // UNIFIED_ADDRESSING
+        1 => 1024,        // MAX_THREADS_PER_BLOCK
+        2 | 3 => 1024,    // MAX_BLOCK_DIM_X, _Y
+        4 => 64,          // MAX_BLOCK_DIM_Z
+        5 => i32::MAX,    // MAX_GRID_DIM_X
+        6 | 7 => 65535,   // MAX_GRID_DIM_Y, _Z
+        8 => 48 * 1024,   // MAX_SHARED_MEMORY_PER_BLOCK
+        10 => 32,         // WARP_SIZE
+        12 => 65536,      // MAX_REGISTERS_PER_BLOCK
+        13 => 1_980_000,  // CLOCK_RATE (kHz)
+        16 => SM_COUNT,   // MULTIPROCESSOR_COUNT
+        39 => 2048,       // MAX_THREADS_PER_MULTIPROCESSOR
+        75 => 9,          // COMPUTE_CAPABILITY_MAJOR
+        76 => 0,          // COMPUTE_CAPABILITY_MINOR
+        81 => 228 * 1024, // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+        82 => 65536,      // MAX_REGISTERS_PER_MULTIPROCESSOR
+        97 => 227 * 1024, // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        115 => 1,         // MEMORY_POOLS_SUPPORTED
+        36 => 2_619_000,  // MEMORY_CLOCK_RATE (kHz)
+        37 => 6144,       // GLOBAL_MEMORY_BUS_WIDTH
+        14 => 512,        // TEXTURE_ALIGNMENT
+        15 => 1,          // GPU_OVERLAP
+        17 => 0,          // KERNEL_EXEC_TIMEOUT
+        18 => 0,          // INTEGRATED
+        19 => 1,          // CAN_MAP_HOST_MEMORY
+        31 => 1,          // CONCURRENT_KERNELS
+        41 => 1,          // UNIFIED_ADDRESSING
         _ => return None,
     })
 }
@@ -249,6 +249,12 @@ pub extern "C" fn cuMemFreeAsync(dptr: u64, stream: *mut c_void) -> u32 {
     free(dptr, stream as usize)
 }
 
+/// Copies from pageable host memory cannot be captured (CUDA refuses them too): the host
+/// buffer would have to outlive the graph.
+fn capturing(stream: *mut c_void) -> bool {
+    state().capturing.contains_key(&(stream as usize))
+}
+
 fn submit(stream: *mut c_void, work: Work) -> u32 {
     state().submit(stream as usize, work)
 }
@@ -265,8 +271,14 @@ pub extern "C" fn cuMemcpyHtoDAsync_v2(
     bytes: usize,
     stream: *mut c_void,
 ) -> u32 {
-    if src.is_null() && bytes > 0 {
+    if bytes == 0 {
+        return code::SUCCESS;
+    }
+    if src.is_null() {
         return code::INVALID_VALUE;
+    }
+    if capturing(stream) {
+        return code::STREAM_CAPTURE_UNSUPPORTED;
     }
     submit(
         stream,
@@ -290,8 +302,14 @@ pub extern "C" fn cuMemcpyDtoHAsync_v2(
     bytes: usize,
     stream: *mut c_void,
 ) -> u32 {
-    if dst.is_null() && bytes > 0 {
+    if bytes == 0 {
+        return code::SUCCESS;
+    }
+    if dst.is_null() {
         return code::INVALID_VALUE;
+    }
+    if capturing(stream) {
+        return code::STREAM_CAPTURE_UNSUPPORTED;
     }
     submit(
         stream,

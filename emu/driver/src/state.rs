@@ -24,6 +24,7 @@ pub mod code {
     pub const LAUNCH_OUT_OF_RESOURCES: u32 = 701;
     pub const LAUNCH_FAILED: u32 = 719;
     pub const NOT_SUPPORTED: u32 = 801;
+    pub const STREAM_CAPTURE_UNSUPPORTED: u32 = 900;
 }
 
 /// Device memory of the emulated GPU (`ASYNCTHINK_EMU_MEMORY_MB`, default 4 GiB). The engine
@@ -50,7 +51,7 @@ pub enum Work {
         cfg: LaunchConfig,
         params: Vec<u8>,
     },
-    /// Host pointers are read (or written) when the node runs, as CUDA graphs do.
+    /// Never captured (refused while a stream is captured), so the host pointer is live.
     HtoD {
         dst: u64,
         src: usize,

@@ -75,6 +75,25 @@ fn release(threads: &mut [Thread], env: &mut BlockEnv) -> Result<bool, EmuError>
                 ),
             ));
         }
+        let id_of = |t: &Thread| match op_at(env, t) {
+            Op::BarSync { id } => t.get(env, id),
+            _ => unreachable!("counted at a bar.sync"),
+        };
+        let waiting_ids: Vec<(u64, [u32; 3])> = threads
+            .iter()
+            .filter(|t| waiting(t))
+            .map(|t| (id_of(t), t.tid))
+            .collect();
+        if let Some(&(other, tid)) = waiting_ids.iter().find(|(id, _)| *id != waiting_ids[0].0) {
+            return Err(EmuError::Deadlock {
+                kernel: env.kernel.name.clone(),
+                block: env.ctaid,
+                msg: format!(
+                    "thread {:?} waits at bar.sync {} and thread {tid:?} at bar.sync {other}: neither barrier can complete",
+                    waiting_ids[0].1, waiting_ids[0].0
+                ),
+            });
+        }
         env.shared.epoch += 1;
         for t in threads.iter_mut().filter(|t| t.state == State::Waiting) {
             t.executed += 1;
@@ -106,47 +125,50 @@ fn release_warp(
     let waiting_at = |t: &Thread, env: &BlockEnv| {
         t.state == State::Waiting && !matches!(op_at(env, t), Op::BarSync { .. })
     };
-    // The tensor-core instructions are .aligned: the whole warp executes the same one.
-    if let Some(&first) = present.iter().find(|&&i| waiting_at(&threads[i], env)) {
-        let op = op_at(env, &threads[first]);
-        if matches!(op, Op::Mma { .. } | Op::Ldmatrix { .. }) {
-            if present.len() != 32 {
-                return Err(fault(
-                    env,
-                    &threads[first],
-                    "mma/ldmatrix in a warp with fewer than 32 threads".into(),
-                ));
-            }
-            let pc = threads[first].pc;
-            let all_here = present
-                .iter()
-                .all(|&i| threads[i].state == State::Waiting && threads[i].pc == pc);
-            if !all_here {
-                if let Some(&i) = present.iter().find(|&&i| threads[i].state == State::Exited) {
+    // The tensor-core instructions are .aligned: the whole warp executes the same one. If it
+    // is not all there yet, other lanes may still be completing shuffles below.
+    'aligned: {
+        if let Some(&first) = present.iter().find(|&&i| waiting_at(&threads[i], env)) {
+            let op = op_at(env, &threads[first]);
+            if matches!(op, Op::Mma { .. } | Op::Ldmatrix { .. }) {
+                if present.len() != 32 {
                     return Err(fault(
                         env,
                         &threads[first],
-                        format!(
-                            "a .aligned warp instruction is waiting for thread {:?}, which has exited",
-                            threads[i].tid
-                        ),
+                        "mma/ldmatrix in a warp with fewer than 32 threads".into(),
                     ));
                 }
-                return Ok(false);
+                let pc = threads[first].pc;
+                let all_here = present
+                    .iter()
+                    .all(|&i| threads[i].state == State::Waiting && threads[i].pc == pc);
+                if !all_here {
+                    if let Some(&i) = present.iter().find(|&&i| threads[i].state == State::Exited) {
+                        return Err(fault(
+                            env,
+                            &threads[first],
+                            format!(
+                                "a .aligned warp instruction is waiting for thread {:?}, which has exited",
+                                threads[i].tid
+                            ),
+                        ));
+                    }
+                    break 'aligned;
+                }
+                let full: [usize; 32] = present.clone().try_into().expect("32 lanes");
+                if matches!(op, Op::Mma { .. }) {
+                    warp::mma(threads, env, &full);
+                } else {
+                    warp::ldmatrix(threads, env, &full)
+                        .map_err(|(ti, m)| fault(env, &threads[ti], m))?;
+                }
+                for &i in &present {
+                    threads[i].executed += 1;
+                    threads[i].pc += 1;
+                    threads[i].state = State::Ready;
+                }
+                return Ok(true);
             }
-            let full: [usize; 32] = present.clone().try_into().expect("32 lanes");
-            if matches!(op, Op::Mma { .. }) {
-                warp::mma(threads, env, &full);
-            } else {
-                warp::ldmatrix(threads, env, &full)
-                    .map_err(|(ti, m)| fault(env, &threads[ti], m))?;
-            }
-            for &i in &present {
-                threads[i].executed += 1;
-                threads[i].pc += 1;
-                threads[i].state = State::Ready;
-            }
-            return Ok(true);
         }
     }
     // Shuffles: the lanes named by a membermask meet at any shfl.sync with that mask.

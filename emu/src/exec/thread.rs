@@ -363,7 +363,11 @@ impl Thread {
                 let g = std::mem::take(&mut self.open_copies);
                 self.groups.push_back(g);
             }
-            Op::CpAsyncWait { n } => {
+            Op::CpAsyncWait { n, commit } => {
+                if *commit {
+                    let g = std::mem::take(&mut self.open_copies);
+                    self.groups.push_back(g);
+                }
                 while self.groups.len() > *n as usize {
                     if let Some(g) = self.groups.pop_front() {
                         for c in g {
@@ -404,7 +408,7 @@ impl Thread {
             Space::Global => env.global.read(at, buf),
             Space::Shared => env.shared.read(self.linear, at, buf),
             Space::Param => {
-                let end = at as usize + buf.len();
+                let end = (at as usize).saturating_add(buf.len());
                 match env.params.get(at as usize..end) {
                     Some(p) => {
                         buf.copy_from_slice(p);
@@ -417,7 +421,7 @@ impl Thread {
                 }
             }
             Space::Local => {
-                let end = at as usize + buf.len();
+                let end = (at as usize).saturating_add(buf.len());
                 match self.local.get(at as usize..end) {
                     Some(p) => {
                         buf.copy_from_slice(p);
@@ -446,7 +450,10 @@ impl Thread {
             Space::Param => Err("store to the parameter space".into()),
             Space::Local => {
                 let n = self.local.len();
-                match self.local.get_mut(at as usize..at as usize + buf.len()) {
+                match self
+                    .local
+                    .get_mut(at as usize..(at as usize).saturating_add(buf.len()))
+                {
                     Some(p) => {
                         p.copy_from_slice(buf);
                         Ok(())

@@ -399,7 +399,9 @@ fn decode_instr(ins: &RawInstr, cx: &mut Ctx) -> Result<Op> {
                 Some("geu") => Cmp::Geu,
                 _ => return m.unsupported(),
             };
-            m.take("ftz");
+            if m.take("ftz") {
+                return m.unsupported();
+            }
             let ty = m.need_ty()?;
             Op::Setp {
                 cmp,
@@ -618,10 +620,13 @@ fn decode_instr(ins: &RawInstr, cx: &mut Ctx) -> Result<Op> {
                 let Operand::Imm(k) = cx.src(&o[0], line)? else {
                     return cx.parse_err(line, "cp.async.wait_group needs a constant");
                 };
-                Op::CpAsyncWait { n: k as u32 }
+                Op::CpAsyncWait {
+                    n: k as u32,
+                    commit: false,
+                }
             } else if m.take("wait_all") {
                 want(0)?;
-                Op::CpAsyncWait { n: 0 }
+                Op::CpAsyncWait { n: 0, commit: true }
             } else {
                 want(3)?;
                 let cg = m.take("cg");
@@ -645,6 +650,20 @@ fn decode_instr(ins: &RawInstr, cx: &mut Ctx) -> Result<Op> {
         _ => return m.unsupported(),
     };
     m.done()?;
+    // Modifiers the interpreter would otherwise ignore: refused, never guessed.
+    let ignored = match &op {
+        Op::Bin { ty, fm, .. } | Op::Fma { ty, fm, .. } if !ty.is_float() => {
+            fm.sat || fm.ftz || fm.round.is_some()
+        }
+        Op::Un { op, fm, .. } => {
+            let directed = fm.round.is_some_and(|r| r != Round::Nearest);
+            directed || (fm.ftz && matches!(op, UnOp::Neg | UnOp::Abs | UnOp::Not))
+        }
+        _ => false,
+    };
+    if ignored {
+        return m.unsupported();
+    }
     // Half-precision arithmetic is not in our kernels; refuse it here, not mid-launch.
     if let Op::Bin { ty, .. } | Op::Un { ty, .. } | Op::Fma { ty, .. } | Op::Setp { ty, .. } = &op
         && matches!(ty, Ty::F16 | Ty::Bf16 | Ty::Bf16x2)

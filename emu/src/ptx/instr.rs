@@ -311,6 +311,8 @@ pub enum Op {
     CpAsyncCommit,
     CpAsyncWait {
         n: u32,
+        /// `wait_all`: commit the open group first, then wait for everything.
+        commit: bool,
     },
 }
 

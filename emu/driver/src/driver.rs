@@ -249,10 +249,19 @@ pub extern "C" fn cuMemFreeAsync(dptr: u64, stream: *mut c_void) -> u32 {
     free(dptr, stream as usize)
 }
 
-/// Copies from pageable host memory cannot be captured (CUDA refuses them too): the host
-/// buffer would have to outlive the graph.
-fn capturing(stream: *mut c_void) -> bool {
-    state().capturing.contains_key(&(stream as usize))
+/// Why a host copy does nothing or is refused: zero bytes (done), a null host pointer, or a
+/// captured stream (CUDA refuses pageable copies there too: the host buffer would have to
+/// outlive the graph).
+fn host_copy_refusal(host_null: bool, bytes: usize, stream: *mut c_void) -> Option<u32> {
+    if bytes == 0 {
+        Some(code::SUCCESS)
+    } else if host_null {
+        Some(code::INVALID_VALUE)
+    } else if state().capturing.contains_key(&(stream as usize)) {
+        Some(code::STREAM_CAPTURE_UNSUPPORTED)
+    } else {
+        None
+    }
 }
 
 fn submit(stream: *mut c_void, work: Work) -> u32 {
@@ -271,14 +280,8 @@ pub extern "C" fn cuMemcpyHtoDAsync_v2(
     bytes: usize,
     stream: *mut c_void,
 ) -> u32 {
-    if bytes == 0 {
-        return code::SUCCESS;
-    }
-    if src.is_null() {
-        return code::INVALID_VALUE;
-    }
-    if capturing(stream) {
-        return code::STREAM_CAPTURE_UNSUPPORTED;
+    if let Some(rc) = host_copy_refusal(src.is_null(), bytes, stream) {
+        return rc;
     }
     submit(
         stream,
@@ -302,14 +305,8 @@ pub extern "C" fn cuMemcpyDtoHAsync_v2(
     bytes: usize,
     stream: *mut c_void,
 ) -> u32 {
-    if bytes == 0 {
-        return code::SUCCESS;
-    }
-    if dst.is_null() {
-        return code::INVALID_VALUE;
-    }
-    if capturing(stream) {
-        return code::STREAM_CAPTURE_UNSUPPORTED;
+    if let Some(rc) = host_copy_refusal(dst.is_null(), bytes, stream) {
+        return rc;
     }
     submit(
         stream,

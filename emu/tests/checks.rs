@@ -419,3 +419,54 @@ fn ldmatrix_and_mma_compute_the_matrix_product() {
     // A bf16 sanity check on the test's own inputs: they are exactly representable.
     assert_eq!(bf16_rn(bf16_to_f32(a[3])), a[3]);
 }
+
+#[test]
+fn misaligned_accesses_and_mismatched_barriers_are_caught() {
+    let mut dev = Device::new(1 << 20);
+    let m = module(
+        &mut dev,
+        ".visible .entry misaligned(.param .u64 p) {
+            .reg .b32 %r<2>; .reg .b64 %rd<2>;
+            ld.param.u64 %rd1, [p];
+            ld.global.u32 %r1, [%rd1+2];
+            ret;
+        }
+        .visible .entry two_barriers() {
+            .reg .b32 %r<2>; .reg .pred %p<2>;
+            mov.u32 %r1, %tid.x;
+            setp.ge.u32 %p1, %r1, 16;
+            @%p1 bra SECOND;
+            bar.sync 0;
+            ret;
+        SECOND:
+            bar.sync 1;
+            ret;
+        }
+        .visible .entry partial_warp_mma() {
+            .reg .b32 %r<8>; .reg .f32 %f<8>;
+            mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1, %f2, %f3, %f4}, {%r1, %r2, %r3, %r4}, {%r5, %r6}, {%f1, %f2, %f3, %f4};
+            ret;
+        }",
+    );
+    let buf = dev.alloc(64).unwrap();
+    let err = dev
+        .launch(&m, "misaligned", &one_block(1), &[Arg::Ptr(buf)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("misaligned 4-byte access"), "{err}");
+    let err = dev
+        .launch(&m, "two_barriers", &one_block(32), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bar.sync 0")
+            && err.contains("bar.sync 1")
+            && err.contains("neither barrier can complete"),
+        "{err}"
+    );
+    let err = dev
+        .launch(&m, "partial_warp_mma", &one_block(16), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fewer than 32 threads"), "{err}");
+}

@@ -79,7 +79,6 @@ pub struct State {
     pub dev: Device,
     pub modules: HashMap<usize, Module>,
     pub functions: HashMap<usize, Function>,
-    pub streams: HashMap<usize, ()>,
     /// Streams being captured, with the work recorded so far.
     pub capturing: HashMap<usize, Vec<Work>>,
     /// Memory allocated on a stream while it was captured: CUDA makes these graph memory
@@ -115,7 +114,6 @@ pub fn state() -> MutexGuard<'static, State> {
                 dev,
                 modules: HashMap::new(),
                 functions: HashMap::new(),
-                streams: HashMap::new(),
                 capturing: HashMap::new(),
                 capture_allocs: HashMap::new(),
                 graphs: HashMap::new(),

@@ -407,32 +407,8 @@ impl Thread {
         match space {
             Space::Global => env.global.read(at, buf),
             Space::Shared => env.shared.read(self.linear, at, buf),
-            Space::Param => {
-                let end = (at as usize).saturating_add(buf.len());
-                match env.params.get(at as usize..end) {
-                    Some(p) => {
-                        buf.copy_from_slice(p);
-                        Ok(())
-                    }
-                    None => Err(format!(
-                        "parameter read at {at} past the {} parameter bytes",
-                        env.params.len()
-                    )),
-                }
-            }
-            Space::Local => {
-                let end = (at as usize).saturating_add(buf.len());
-                match self.local.get(at as usize..end) {
-                    Some(p) => {
-                        buf.copy_from_slice(p);
-                        Ok(())
-                    }
-                    None => Err(format!(
-                        "local read at {at:#x} past the {} local bytes",
-                        self.local.len()
-                    )),
-                }
-            }
+            Space::Param => read_window(env.params, "parameter", at, buf),
+            Space::Local => read_window(&self.local, "local", at, buf),
         }
     }
 
@@ -462,6 +438,21 @@ impl Thread {
                 }
             }
         }
+    }
+}
+
+/// A read from a per-launch (parameters) or per-thread (local) window of bytes.
+fn read_window(window: &[u8], what: &str, at: u64, buf: &mut [u8]) -> Result<(), String> {
+    let end = (at as usize).saturating_add(buf.len());
+    match window.get(at as usize..end) {
+        Some(p) => {
+            buf.copy_from_slice(p);
+            Ok(())
+        }
+        None => Err(format!(
+            "{what} read at {at:#x} past the {} {what} bytes",
+            window.len()
+        )),
     }
 }
 

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use crate::error::{EmuError, Result};
 use crate::exec::block::run_block;
+use rayon::prelude::*;
+
 use crate::exec::counters::{self, Counters};
+use crate::exec::global::{BlockGlobal, BlockWrites, LaunchWrites, Race};
 use crate::exec::shared::SharedMemory;
 use crate::exec::thread::BlockEnv;
 use crate::memory::GlobalMemory;
@@ -204,37 +207,105 @@ impl Device {
             Some(at) => at + cfg.dynamic_shared as usize,
             None => kernel.static_shared,
         };
-        let mut stats = LaunchStats::default();
-        let mut trace = Vec::new();
-        let [gx, gy, gz] = cfg.grid;
-        for z in 0..gz {
-            for y in 0..gy {
-                for x in 0..gx {
-                    let mut shared = SharedMemory::new(shared_bytes);
-                    let mut env = BlockEnv {
-                        kernel,
-                        params,
-                        ctaid: [x, y, z],
-                        ntid: cfg.block,
-                        nctaid: cfg.grid,
-                        global: &mut self.mem,
-                        shared: &mut shared,
-                        trace: self.counting.then_some(&mut trace),
-                    };
-                    stats.instructions += run_block(&mut env)?;
-                    stats.blocks += 1;
-                    if self.counting {
-                        counters::count(&mut trace, &mut stats.counters);
-                        trace.clear();
-                    }
-                }
+        let [gx, gy, _] = cfg.grid;
+        let blocks = cfg.grid.iter().map(|&d| u64::from(d)).product::<u64>();
+        let ctaid = |b: u64| {
+            let (gx, gy) = (u64::from(gx), u64::from(gy));
+            [
+                (b % gx) as u32,
+                (b / gx % gy) as u32,
+                (b / (gx * gy)) as u32,
+            ]
+        };
+        let base = &self.mem;
+        let counting = self.counting;
+        let run = |b: u64| -> Result<BlockResult> {
+            let mut shared = SharedMemory::new(shared_bytes);
+            let mut trace = Vec::new();
+            let mut env = BlockEnv {
+                kernel,
+                params,
+                ctaid: ctaid(b),
+                ntid: cfg.block,
+                nctaid: cfg.grid,
+                global: BlockGlobal::new(base),
+                shared: &mut shared,
+                trace: counting.then_some(&mut trace),
+            };
+            let instructions = run_block(&mut env)?;
+            let writes = env.global.writes;
+            let mut counters = Counters::default();
+            if counting {
+                counters::count(&mut trace, &mut counters);
             }
+            Ok(BlockResult {
+                instructions,
+                counters,
+                writes,
+            })
+        };
+        let mut stats = LaunchStats::default();
+        let mut launch_writes = LaunchWrites::default();
+        // Blocks run in parallel a chunk at a time, so a faulting launch stops soon and the
+        // first fault in block order is the one reported, whatever the thread count.
+        let mut first = 0;
+        while first < blocks {
+            let last = (first + BLOCK_CHUNK).min(blocks);
+            let done: Vec<Result<BlockResult>> = (first..last).into_par_iter().map(run).collect();
+            for (b, r) in (first..last).zip(done) {
+                let r = r?;
+                stats.instructions += r.instructions;
+                stats.blocks += 1;
+                stats.counters.add(&r.counters);
+                launch_writes
+                    .merge(b, r.writes)
+                    .map_err(|race| race_error(kernel, cfg, &ctaid, race))?;
+            }
+            first = last;
         }
+        launch_writes
+            .apply(&mut self.mem)
+            .map_err(EmuError::Memory)?;
         stats.counters.thread_instructions = stats.instructions;
         if let Some(path) = &self.counters_file {
             append_counters(path, kernel, cfg, &stats)?;
         }
         Ok(stats)
+    }
+}
+
+/// Blocks started together: enough to keep every core busy, few enough that a fault in an
+/// early block does not wait on thousands of later ones.
+const BLOCK_CHUNK: u64 = 256;
+
+struct BlockResult {
+    instructions: u64,
+    counters: Counters,
+    writes: BlockWrites,
+}
+
+fn race_error(
+    k: &Kernel,
+    cfg: &LaunchConfig,
+    ctaid: &dyn Fn(u64) -> [u32; 3],
+    race: Race,
+) -> EmuError {
+    let [bx, by, _] = cfg.block;
+    let tid = |t: u32| [t % bx, t / bx % by, t / (bx * by)];
+    let (b1, t1, l1) = race.first;
+    let (b2, t2, l2) = race.second;
+    EmuError::Fault {
+        kernel: k.name.clone(),
+        block: ctaid(b2),
+        thread: tid(t2),
+        line: l2 as usize,
+        msg: format!(
+            "writes global {:#x}, which block {:?} thread {:?} (PTX line {l1}) also wrote in this launch: \
+             blocks are unordered, so which value survives depends on scheduling",
+            race.addr,
+            ctaid(b1),
+            tid(t1)
+        ),
     }
 }
 

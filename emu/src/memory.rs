@@ -113,6 +113,11 @@ impl GlobalMemory {
         format!("{len}-byte access at {addr:#x} is outside every live allocation: {near}")
     }
 
+    /// Whether `[addr, addr+len)` lies in one live allocation, or a message naming the nearest.
+    pub fn check(&self, addr: u64, len: usize) -> std::result::Result<(), String> {
+        self.locate(addr, len).map(|_| ())
+    }
+
     /// The bytes `[addr, addr+len)` in place: for library routines (the emulated cuBLAS)
     /// that read large operands without copying them.
     pub fn bytes(&self, addr: u64, len: usize) -> std::result::Result<&[u8], String> {

@@ -210,6 +210,67 @@ fn shuffles_reduce_and_a_lane_outside_the_mask_is_caught() {
     );
 }
 
+/// Each block reads word `ctaid.x + shift` of `buf` and writes word `ctaid.x`; with shift
+/// 0 the blocks write disjoint words, with `same` they all write word 0.
+fn neighbours(same: bool) -> String {
+    let index = if same {
+        "mov.u32 %r2, 0;"
+    } else {
+        "mov.u32 %r2, %r1;"
+    };
+    format!(
+        ".visible .entry neighbours(.param .u64 buf) {{
+            .reg .b32 %r<6>; .reg .b64 %rd<6>;
+            mov.u32 %r1, %ctaid.x;
+            ld.param.u64 %rd1, [buf];
+            add.u32 %r3, %r1, 1;
+            mul.wide.u32 %rd2, %r3, 4;
+            add.s64 %rd3, %rd1, %rd2;
+            ld.global.u32 %r4, [%rd3];
+            {index}
+            mul.wide.u32 %rd4, %r2, 4;
+            add.s64 %rd5, %rd1, %rd4;
+            add.u32 %r5, %r4, %r1;
+            st.global.u32 [%rd5], %r5;
+            ret;
+        }}"
+    )
+}
+
+#[test]
+fn blocks_see_memory_as_the_launch_found_it_and_a_shared_global_write_is_a_race() {
+    let mut dev = Device::new(1 << 20);
+    let blocks = 600u32; // several parallel chunks
+    let buf = dev.alloc((blocks as usize + 1) * 4).unwrap();
+    let init: Vec<u8> = (0..=blocks).flat_map(|i| (10 * i).to_le_bytes()).collect();
+    dev.write(buf, &init).unwrap();
+    let m = module(&mut dev, &neighbours(false));
+    let cfg = LaunchConfig::new([blocks, 1, 1], [1, 1, 1], 0);
+    dev.launch(&m, "neighbours", &cfg, &[Arg::Ptr(buf)])
+        .unwrap();
+    let mut out = vec![0u8; init.len()];
+    dev.read(buf, &mut out).unwrap();
+    // Block b read word b+1 before block b+1 wrote it, whatever ran first.
+    for b in 0..blocks {
+        let got = u32::from_le_bytes(out[4 * b as usize..][..4].try_into().unwrap());
+        assert_eq!(got, 10 * (b + 1) + b, "word {b}");
+    }
+    let m = module(&mut dev, &neighbours(true));
+    let err = dev
+        .launch(&m, "neighbours", &cfg, &[Arg::Ptr(buf)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("neighbours block [1, 0, 0] thread [0, 0, 0]")
+            && err.contains(&format!("writes global {buf:#x}, which block [0, 0, 0]")),
+        "{err}"
+    );
+    // The racing launch wrote nothing.
+    let mut after = vec![0u8; init.len()];
+    dev.read(buf, &mut after).unwrap();
+    assert_eq!(after, out);
+}
+
 #[test]
 fn launch_limits_are_the_hardwares() {
     let mut dev = Device::new(1 << 20);

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 
 use super::counters::{Access, Kind};
 use super::float::*;
+use super::global::BlockGlobal;
 use super::shared::SharedMemory;
-use crate::memory::GlobalMemory;
 use crate::ptx::Kernel;
 use crate::ptx::instr::*;
 
@@ -47,7 +47,7 @@ pub struct BlockEnv<'a> {
     pub ctaid: [u32; 3],
     pub ntid: [u32; 3],
     pub nctaid: [u32; 3],
-    pub global: &'a mut GlobalMemory,
+    pub global: BlockGlobal<'a>,
     pub shared: &'a mut SharedMemory,
     /// Every lane's memory access, when counters are on.
     pub trace: Option<&'a mut Vec<Access>>,
@@ -421,7 +421,10 @@ impl Thread {
     ) -> Result<(), String> {
         Self::aligned(at, buf.len())?;
         match space {
-            Space::Global => env.global.write(at, buf),
+            Space::Global => {
+                let line = env.kernel.instrs[self.pc].line as u32;
+                env.global.write(at, buf, self.linear, line)
+            }
             Space::Shared => env.shared.write(self.linear, at, buf),
             Space::Param => Err("store to the parameter space".into()),
             Space::Local => {

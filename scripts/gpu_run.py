@@ -19,6 +19,10 @@ Exit status 0 only when every step passed.
     scripts/gpu-run.sh            # OUT=dir to choose the output folder (default gpu-run-out)
     GPU_CHECK_DEADLINE_S=480      # the global deadline of the steps, in seconds
 
+Rehearsed end to end on the PTX emulator (scripts/test-gpu-emulated.sh), which runs each step
+far slower than a GPU: there GPU_CHECK_CAP_SCALE multiplies every step's cap, and
+GPU_CHECK_BENCH_ARGS (e.g. "--quick") replaces the size flags of every bench step.
+
 Standard library only: the lent machine's python3 is whatever its image has.
 """
 
@@ -27,6 +31,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -39,6 +44,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARRY = os.path.join(REPO, ".gpu-carry")
 OUT = os.path.abspath(os.environ.get("OUT") or os.path.join(REPO, "gpu-run-out"))
 DEADLINE_S = float(os.environ.get("GPU_CHECK_DEADLINE_S", "480"))
+CAP_SCALE = float(os.environ.get("GPU_CHECK_CAP_SCALE", "1"))
+BENCH_ARGS = os.environ.get("GPU_CHECK_BENCH_ARGS")
 
 # The libraries cudarc opens (by the names it tries) and what they need in turn.
 LIBRARIES = {
@@ -150,6 +157,7 @@ class Check:
         """Runs one command under min(cap, what the deadline leaves); returns (step, text)."""
         if self.steps and not self.probe_ok and name != "probe":
             return self.record(name, "not-run", seconds=0, reason="the probe failed"), ""
+        cap_s, min_s = cap_s * CAP_SCALE, min_s * CAP_SCALE
         budget = min(cap_s, self.left())
         if budget < min_s:
             return self.record(name, "skipped-for-time", seconds=0, cap_s=cap_s,
@@ -199,6 +207,8 @@ class Check:
 
     def bench(self, name, only, cap_s, extra=()):
         report = os.path.join(self.work, f"bench-{name}.json")
+        if BENCH_ARGS is not None:
+            extra = shlex.split(BENCH_ARGS)
         step, _ = self.run(name, [os.path.join(CARRY, "asyncthink"), "bench-gpu", "--only", only,
                                   "--out", report, *extra], cap_s, min_s=20)
         if os.path.isfile(report):
@@ -221,7 +231,7 @@ def main():
     work = tempfile.mkdtemp(prefix="gpu-check-")
     c = Check(work)
     summary = {"date": now(), "commit": read(os.path.join(CARRY, "commit")), "deadline_s": DEADLINE_S,
-               "host": os.uname().nodename}
+               "cap_scale": CAP_SCALE, "bench_args": BENCH_ARGS, "host": os.uname().nodename}
     c.log(f"== GPU check {summary['date']} commit {summary['commit']}; deadline {DEADLINE_S:.0f} s")
 
     # Environment: always recorded, never fatal by itself.

@@ -1,12 +1,12 @@
 //! The whole model and the batching engine on the GPU against the CPU reference, on a
 //! Qwen3-0.6B-shaped random checkpoint (full width: hidden 1024, 16 query / 8 KV heads,
-//! head_dim 128, vocabulary 151 936; 4 layers, so the f32 CPU reference stays quick) and on
-//! the tiny fixtures. Needs a GPU; without one each test prints `GPU test NAME: skipped: …`.
+//! head_dim 128, vocabulary 151 936, or 16 411 on the PTX emulator; 4 layers, so the f32 CPU
+//! reference stays quick) and on the tiny fixtures. Needs a GPU; without one each test prints `GPU test NAME: skipped: …`.
 //!
 //! How greedy outputs are judged: bf16 activations on the GPU against f32 on the CPU move
 //! logits by a few bf16 ulps, so two greedy runs may part where the top two logits nearly tie.
 //! Tokens must be equal up to the first position where they differ; there, the CPU's logits
-//! of the two chosen tokens must be within `TIE_MARGIN` of the largest logit's magnitude (a
+//! of the two chosen tokens must be within `common::TIE_MARGIN` of the largest logit's magnitude (a
 //! near-tie, which bf16 may flip), and comparison stops, since the contexts now differ. A
 //! divergence at a clear margin — what a wrong row, slot or block table gives — fails.
 //!
@@ -21,18 +21,14 @@ use asyncthink::backend::Backend;
 use asyncthink::backend::cpu::CpuBackend;
 use asyncthink::backend::cuda::CudaBackend;
 use asyncthink::engine::{Engine, EngineConfig, SamplingParams};
-use asyncthink::model::random::{qwen3_0p6b_config, random_checkpoint};
+use asyncthink::model::random::random_checkpoint;
 use asyncthink::model::{ForwardBatch, Logits, Qwen3};
 
-use common::gpu::{assert_rel, gpu};
-
-/// Two tokens whose CPU logits differ by less than this fraction of the largest logit count
-/// as tied for a bf16 model: 8 mantissa bits give 2^-9 relative per rounding, and a few
-/// layers of roundings add up to about 1%.
-const TIE_MARGIN: f32 = 0.02;
+use common::gpu::{assert_rel, gpu, qwen3_0p6b_shaped};
+use common::judge_greedy;
 
 fn models_0p6b_shaped(be: CudaBackend) -> (Qwen3<CpuBackend>, Qwen3<CudaBackend>) {
-    let config = qwen3_0p6b_config(4).unwrap();
+    let config = qwen3_0p6b_shaped(&be, 4);
     let ckpt = random_checkpoint(&config, 11).unwrap();
     let cpu = Qwen3::from_checkpoint(CpuBackend::default(), config.clone(), &ckpt).unwrap();
     let gpu = Qwen3::from_checkpoint(be, config, &ckpt).unwrap();
@@ -111,44 +107,6 @@ fn greedy_batch<B: Backend>(model: &Qwen3<B>, prompts: &[Vec<u32>], new: usize) 
         .collect()
 }
 
-/// The rule in the module header. Returns how many tokens matched before the first
-/// divergence (all of them when none).
-fn judge<B: Backend>(
-    cpu_engine_model: &Qwen3<B>,
-    what: &str,
-    prompt: &[u32],
-    want: &[u32],
-    got: &[u32],
-) -> usize {
-    let Some(k) = want.iter().zip(got).position(|(a, b)| a != b) else {
-        return want.len();
-    };
-    let mut engine = Engine::new(
-        cpu_engine_model,
-        None,
-        EngineConfig {
-            num_blocks: 128,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut context = prompt.to_vec();
-    context.extend(&want[..k]);
-    let logits = engine.logits_all(&context).unwrap();
-    let last = logits.last().unwrap();
-    let scale = last.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
-    let gap = (last[want[k] as usize] - last[got[k] as usize]).abs();
-    assert!(
-        gap <= TIE_MARGIN * scale,
-        "{what}: GPU chose {} over the CPU's {} at output {k} with a logit gap of {gap} \
-         (largest logit {scale}): not a near-tie",
-        got[k],
-        want[k]
-    );
-    println!("{what}: equal for {k} tokens, then a near-tie (gap {gap:.4}, scale {scale:.2})");
-    k
-}
-
 fn check_engine(cpu: &Qwen3<CpuBackend>, gpu: &Qwen3<CudaBackend>, name: &str) {
     let vocab = cpu.config.vocab_size as u32;
     // Lengths around the 16-token block edge and the 64-token step budget, so prefill is
@@ -166,7 +124,7 @@ fn check_engine(cpu: &Qwen3<CpuBackend>, gpu: &Qwen3<CudaBackend>, name: &str) {
     let got = greedy_batch(gpu, &prompts, 24);
     let mut equal = 0;
     for (i, p) in prompts.iter().enumerate() {
-        equal += judge(cpu, &format!("{name} request {i}"), p, &want[i], &got[i]);
+        equal += judge_greedy(cpu, &format!("{name} request {i}"), p, &want[i], &got[i]);
     }
     println!(
         "{name}: {equal} of {} greedy tokens equal before any near-tie",

@@ -9,7 +9,9 @@
 //!   logits must agree with `Graphs` bit for bit;
 //! - `Eager`: op by op on the unpadded batch, with the split count chosen for the batch. cuBLAS
 //!   may pick another algorithm for another row count and the attention splits differ, so
-//!   logits agree to bf16 rounding only (tolerance below), and greedy tokens must agree.
+//!   logits agree to bf16 rounding only (tolerance below), and greedy tokens must agree up
+//!   to a near-tie (`common::judge_greedy`: the first differing tokens' logits within 2% of
+//!   the largest), where the contexts part and comparison stops.
 //!
 //! Built where no CUDA driver is installed, the GPU tests are marked ignored, so `cargo test`
 //! counts them as ignored, not passed; `cargo test -- --include-ignored` runs them (each then
@@ -21,20 +23,33 @@ mod common;
 use asyncthink::backend::cuda::{CudaBackend, CudaWeight, GraphMode};
 use asyncthink::backend::{AdamWStep, Backend, TrainBackend};
 use asyncthink::engine::{Engine, EngineConfig, SamplingParams};
-use asyncthink::model::random::{qwen3_0p6b_config, random_checkpoint};
+use asyncthink::model::random::random_checkpoint;
 use asyncthink::model::{ForwardBatch, Logits, Qwen3};
 
-use common::gpu::gpu;
+use common::gpu::{gpu, qwen3_0p6b_shaped};
+use common::judge_greedy;
 
 /// Logits of eager and padded steps differ by accumulation order only (f32 sums rounded to
 /// bf16 at each op's output): a few bf16 ulps (2^-8 relative) of values of order 1–10, after
 /// 2 layers. 2% of the largest logit catches any wrong row, slot or table (O(1) errors).
 const EAGER_TOLERANCE: f32 = 0.02;
 
-/// Greedy generation of `n` sequences finishing at different steps, so decode batches
-/// shrink across bucket boundaries (9 → 8 → … → 1). Returns (tokens, logprobs) per sequence.
-fn generate(model: &Qwen3<CudaBackend>, n: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
+/// Prompts of `n` sequences with lengths around block edges.
+fn prompts(model: &Qwen3<CudaBackend>, n: usize) -> Vec<Vec<u32>> {
     let vocab = model.config.vocab_size as u32 - 8;
+    (0..n)
+        .map(|i| {
+            let len = [3, 17, 1, 30, 9][i % 5] + i;
+            (0..len as u32)
+                .map(|t| (t * 131 + i as u32 * 7) % vocab)
+                .collect()
+        })
+        .collect()
+}
+
+/// Greedy generation of the prompts, finishing at different steps, so decode batches shrink
+/// across bucket boundaries (9 → 8 → … → 1). Returns (tokens, logprobs) per sequence.
+fn generate(model: &Qwen3<CudaBackend>, prompts: &[Vec<u32>]) -> Vec<(Vec<u32>, Vec<f32>)> {
     let mut engine = Engine::new(
         model,
         None,
@@ -44,18 +59,16 @@ fn generate(model: &Qwen3<CudaBackend>, n: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
         },
     )
     .unwrap();
-    let ids: Vec<_> = (0..n)
-        .map(|i| {
-            let len = [3, 17, 1, 30, 9][i % 5] + i;
-            let prompt = (0..len as u32)
-                .map(|t| (t * 131 + i as u32 * 7) % vocab)
-                .collect();
+    let ids: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, prompt)| {
             let params = SamplingParams {
                 max_new_tokens: 3 + (i * 5) % 11,
                 ignore_eos: true,
                 ..Default::default()
             };
-            engine.add_request(prompt, params).unwrap()
+            engine.add_request(prompt.clone(), params).unwrap()
         })
         .collect();
     while engine.has_unfinished() {
@@ -71,8 +84,9 @@ fn generate(model: &Qwen3<CudaBackend>, n: usize) -> Vec<(Vec<u32>, Vec<f32>)> {
 
 fn check_model(be: &CudaBackend, model: &Qwen3<CudaBackend>, name: &str) {
     for n in [1, 3, 8, 9] {
+        let prompts = prompts(model, n);
         be.set_cuda_graphs(GraphMode::Graphs, 256);
-        let graphs = generate(model, n);
+        let graphs = generate(model, &prompts);
         let stats = be.graph_stats();
         assert!(stats.failed_buckets.is_empty(), "{name}: {stats:?}");
         assert!(
@@ -80,9 +94,9 @@ fn check_model(be: &CudaBackend, model: &Qwen3<CudaBackend>, name: &str) {
             "{name} n={n}: no graph replayed: {stats:?}"
         );
         be.set_cuda_graphs(GraphMode::Padded, 256);
-        let padded = generate(model, n);
+        let padded = generate(model, &prompts);
         be.set_cuda_graphs(GraphMode::Eager, 256);
-        let eager = generate(model, n);
+        let eager = generate(model, &prompts);
         for (i, ((g, p), e)) in graphs.iter().zip(&padded).zip(&eager).enumerate() {
             assert_eq!(g.0, p.0, "{name} n={n} seq {i}: tokens, graphs vs padded");
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -91,14 +105,19 @@ fn check_model(be: &CudaBackend, model: &Qwen3<CudaBackend>, name: &str) {
                 bits(&p.1),
                 "{name} n={n} seq {i}: log-probs not bit-identical, graphs vs padded"
             );
-            assert_eq!(g.0, e.0, "{name} n={n} seq {i}: tokens, graphs vs eager");
-            let worst = common::max_abs_diff(&g.1, &e.1);
+            // Eager steps differ in accumulation order only: a near-tie may flip a token,
+            // after which the contexts differ and the comparison stops.
+            let what = format!("{name} n={n} seq {i}: graphs vs eager");
+            let k = judge_greedy(model, &what, &prompts[i], &g.0, &e.0);
+            let worst = common::max_abs_diff(&g.1[..k], &e.1[..k]);
             assert!(
                 worst <= EAGER_TOLERANCE * 10.0,
                 "{name} n={n} seq {i}: log-probs differ by {worst} from eager"
             );
         }
-        println!("{name} n={n}: identical to padded, tokens equal to eager; {stats:?}");
+        println!(
+            "{name} n={n}: identical to padded, tokens equal to eager up to near-ties; {stats:?}"
+        );
     }
     be.set_cuda_graphs(GraphMode::Graphs, 256);
 }
@@ -117,8 +136,9 @@ fn engine_decode_with_graphs_matches_padded_bit_for_bit_and_eager_tokens() {
         check_model(&be, &model, name);
     }
     // A random checkpoint with Qwen3-0.6B's shapes (2 layers): head_dim 128, GQA 2:1, a
-    // 151936-token vocabulary, and a real max_position_embeddings (many splits per bucket).
-    let config = qwen3_0p6b_config(2).unwrap();
+    // 151936-token vocabulary (a smaller odd one on the emulator), and a real
+    // max_position_embeddings (many splits per bucket).
+    let config = qwen3_0p6b_shaped(&be, 2);
     let ckpt = random_checkpoint(&config, 7).unwrap();
     let model = Qwen3::from_checkpoint(be.clone(), config, &ckpt).unwrap();
     check_model(&be, &model, "random-0.6b-2-layers");

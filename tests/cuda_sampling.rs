@@ -4,12 +4,14 @@
 //! logits, mixed settings in one batch, several vocabulary sizes.
 //!
 //! Forced and greedy rows must match exactly. A sampled row must pick the host's token up to
-//! rounding: the host sums probabilities sequentially in f32 over the sorted candidates, the
-//! device in block-wide tree sums, so on a flat 151 936-token distribution (each token
-//! ~1e-5 of the mass) the cumulative masses differ by about one token's probability and a
-//! draw landing that close to a boundary may take the neighbour. The test accepts the device
-//! token if it lies, in the host's candidate order, between the host's picks for the draws
-//! u − 1e-4 and u + 1e-4 (DRAW_TOL). A wrong draw, seed, step, order, filter or penalty lands
+//! rounding: the host sums probabilities in f64 over the sorted candidates, the device f32
+//! partial sums in block-wide trees, so on a flat 151 936-token distribution (each token
+//! ~1e-5 of the mass) the cumulative masses differ by a fraction of one token's probability
+//! and a draw landing that close to a boundary may take the neighbour. (When the host summed
+//! in f32, its own drift reached 4e-4 there: the emulator caught it.) The test accepts the
+//! device token if it lies, in the host's candidate order, between the host's earliest and
+//! latest picks for the draws u ± 1e-4 (DRAW_TOL) and top_p ± 1e-5 (TOP_P_TOL: a tied prefix
+//! can hold exactly top_p). A wrong draw, seed, step, order, filter or penalty lands
 //! elsewhere (the draw alone is uniform over [0, 1)).
 //!
 //! Without a GPU (or driver, NVRTC, CUDA headers) each test prints "skipped: <reason>" and
@@ -38,8 +40,13 @@ use common::gpu::{gpu, rand_bf16};
 const LOGPROB_TOL: f32 = 1e-4;
 
 /// Half-width, in draw space (mass fractions), of the window a sampled token may come from;
-/// see the module doc. The host's sequential f32 sums over ~1e5 terms drift by ~1e-5.
+/// see the module doc. The device's f32 partial sums over ~1e5 terms drift by ~1e-6.
 const DRAW_TOL: f32 = 1e-4;
+
+/// Half-width of the window around top_p. Tied bf16 logits make exact prefix masses (16 of
+/// 20 equal tokens hold 0.8): whether such a prefix "reaches" top_p = 0.8 turns on the last
+/// bit of each side's sum, and the kept set, so the pick for one draw, moves by a token.
+const TOP_P_TOL: f32 = 1e-5;
 
 fn params(temperature: f32) -> SamplingParams {
     SamplingParams {
@@ -152,13 +159,36 @@ fn check_rows(what: &str, logits: &[f32], rows: &[TokenChoice], got: &[Chosen]) 
             assert_eq!(d, argmax(&pen), "{what}: row {r}: greedy");
         } else {
             let u = counter_uniform(p.seed, c.step);
-            let lo = sample_with_draw(&pen, p, (u - DRAW_TOL).max(0.0));
-            let hi = sample_with_draw(&pen, p, (u + DRAW_TOL).min(1.0 - f32::EPSILON));
             // The host's candidate order: scaled logit descending, then index ascending.
             let inv_t = 1.0 / p.temperature;
             let key = |t: u32| pen[t as usize] * inv_t;
             // a comes no later than b (engine::sampling's candidate comparator).
             let before = |a: u32, b: u32| key(b).total_cmp(&key(a)).then(a.cmp(&b)).is_le();
+            // The host's picks at the corners of the window around (u, top_p).
+            let top_ps = if p.top_p < 1.0 {
+                vec![p.top_p - TOP_P_TOL, p.top_p + TOP_P_TOL]
+            } else {
+                vec![p.top_p]
+            };
+            let mut picks = Vec::new();
+            for top_p in top_ps {
+                let q = SamplingParams { top_p, ..p.clone() };
+                picks.push(sample_with_draw(&pen, &q, (u - DRAW_TOL).max(0.0)));
+                picks.push(sample_with_draw(
+                    &pen,
+                    &q,
+                    (u + DRAW_TOL).min(1.0 - f32::EPSILON),
+                ));
+            }
+            let lo = picks
+                .iter()
+                .copied()
+                .reduce(|a, b| if before(a, b) { a } else { b });
+            let hi = picks
+                .iter()
+                .copied()
+                .reduce(|a, b| if before(a, b) { b } else { a });
+            let (lo, hi) = (lo.unwrap_or(w.token), hi.unwrap_or(w.token));
             assert!(
                 before(lo, d) && before(d, hi),
                 "{what}: row {r}: device token {d} outside the host's picks {lo}..{hi} around \

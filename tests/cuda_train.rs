@@ -617,7 +617,7 @@ fn training_on_the_gpu_learns_and_is_reproducible() {
     };
     be.set_poison(false);
     let (batch, _) = fixture_batch("tiny-gqa4-tied");
-    let run = || -> Vec<f64> {
+    let run = |steps: usize| -> Vec<f64> {
         let mut model = Qwen3::load_for_training(be.clone(), &model_dir("tiny-gqa4-tied")).unwrap();
         let mut opt = AdamW::new(
             &model,
@@ -630,7 +630,7 @@ fn training_on_the_gpu_learns_and_is_reproducible() {
         )
         .unwrap();
         let mut grads = Gradients::zeros(&model).unwrap();
-        (0..40)
+        (0..steps)
             .map(|_| {
                 grads.zero(&model.backend).unwrap();
                 let r =
@@ -640,8 +640,10 @@ fn training_on_the_gpu_learns_and_is_reproducible() {
             })
             .collect()
     };
-    let (a, b) = (run(), run());
-    assert_eq!(a, b, "two identical GPU runs diverged");
+    // The second run is the first one's prefix: the same bits step for step, at a quarter of
+    // the cost (the emulator runs every GPU test in CI).
+    let (a, b) = (run(40), run(10));
+    assert_eq!(a[..10], b, "two identical GPU runs diverged");
     assert!(
         a[39] < 0.5 * a[0],
         "loss went from {} to {} in 40 steps",

@@ -76,6 +76,10 @@ pub struct BenchGpuArgs {
     /// Decoder layers of the random Qwen3-0.6B-shaped model [default: 28, quick 2].
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Vocabulary of the random model [default: Qwen3's 151936, quick too]. Smaller only for
+    /// a smoke test where every element costs (the PTX emulator's rehearsal of the GPU check).
+    #[arg(long)]
+    pub vocab: Option<usize>,
     /// Prompt of the batch-1 decode [default: 128, quick 32].
     #[arg(long)]
     pub prompt_len: Option<usize>,
@@ -120,6 +124,7 @@ pub struct Sizes {
     pub decode_context: usize,
     pub prefill_tokens: usize,
     pub layers: usize,
+    pub vocab: usize,
     pub prompt_len: usize,
     pub decode_tokens: usize,
     pub throughput_seqs: usize,
@@ -146,6 +151,7 @@ impl Sizes {
             decode_context: pick(a.decode_context, 4096, 512),
             prefill_tokens: pick(a.prefill_tokens, 4096, 512),
             layers: pick(a.layers, 28, 2),
+            vocab: pick(a.vocab, 151_936, 151_936),
             prompt_len: pick(a.prompt_len, 128, 32),
             decode_tokens: pick(a.decode_tokens, 256, 16),
             throughput_seqs: pick(a.throughput_seqs, 256, 8),
@@ -166,6 +172,7 @@ impl Sizes {
             ("--decode-context", s.decode_context),
             ("--prefill-tokens", s.prefill_tokens),
             ("--layers", s.layers),
+            ("--vocab", s.vocab),
             ("--prompt-len", s.prompt_len),
             ("--throughput-seqs", s.throughput_seqs),
             ("--min-len", s.min_len),
@@ -184,6 +191,14 @@ impl Sizes {
         a.graphs.validate()?;
         Ok(s)
     }
+}
+
+/// The benchmarks' model: Qwen3-0.6B's shapes, `sizes.layers` layers, `sizes.vocab` tokens.
+#[cfg(feature = "cuda")]
+fn bench_config(sizes: &Sizes) -> Result<crate::model::config::Qwen3Config> {
+    let mut c = crate::model::random::qwen3_0p6b_config(sizes.layers)?;
+    c.vocab_size = sizes.vocab;
+    Ok(c)
 }
 
 /// The measurements `--only` can pick.
@@ -335,7 +350,7 @@ fn measure(args: &BenchGpuArgs, sizes: &Sizes, parts: &[&str]) -> Result<()> {
         figures["prefill_attention"] = record("prefill-attention", r);
     }
     if wanted("decode") || wanted("throughput") {
-        match engine::build_model(&be, sizes.layers, args.seed) {
+        match engine::build_model(&be, sizes, args.seed) {
             Ok(m) => {
                 figures["model_shape"] = m.describe();
                 if wanted("decode") {

@@ -370,29 +370,35 @@ fn sample_from(logits: &[f32], p: &SamplingParams, draw: f32) -> u32 {
     cand.sort_unstable_by(by_logit_desc);
 
     let max = cand[0].1;
-    let mut probs: Vec<f32> = cand.iter().map(|&(_, l)| (l - max).exp()).collect();
-    let total: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|x| *x /= total);
+    // Each term in f32 (as the GPU's expf), every sum in f64. Summed in f32 one after another,
+    // the ~1e5 nearly equal terms of a flat 151 936-token row drift by ~4e-4 of the mass (the
+    // emulated GPU test caught a draw 13 ranks from the exact pick): a bias in the
+    // distribution itself, not just in the last bits.
+    let exps: Vec<f64> = cand.iter().map(|&(_, l)| (l - max).exp() as f64).collect();
+    let total: f64 = exps.iter().sum();
+    let probs: Vec<f64> = exps.iter().map(|e| e / total).collect();
 
     let mut keep = probs.len();
     if p.top_p < 1.0 {
-        // Smallest prefix whose mass reaches top_p (at least one token).
+        // Smallest prefix whose mass reaches top_p (at least one token). The mass is compared
+        // at top_p's own f32 precision: tied bf16 logits make masses like 16 × 1/20 that equal
+        // top_p = 0.8 exactly, and in f64 they would fall just short of 0.8f's binary value.
         let mut cum = 0.0;
         for (i, &pr) in probs.iter().enumerate() {
             cum += pr;
-            if cum >= p.top_p {
+            if cum as f32 >= p.top_p {
                 keep = keep.min(i + 1);
                 break;
             }
         }
     }
     if p.min_p > 0.0 {
-        let floor = p.min_p * probs[0];
+        let floor = p.min_p as f64 * probs[0];
         keep = keep.min(probs.iter().take_while(|&&pr| pr >= floor).count().max(1));
     }
     let kept = &probs[..keep];
-    let mass: f32 = kept.iter().sum();
-    let mut target = draw * mass;
+    let mass: f64 = kept.iter().sum();
+    let mut target = draw as f64 * mass;
     for (i, &pr) in kept.iter().enumerate() {
         if target < pr {
             return cand[i].0;
@@ -460,6 +466,19 @@ mod tests {
             ..params(1.0)
         };
         assert_eq!(sample_from(&logits, &p, 0.99), 1);
+    }
+
+    #[test]
+    fn a_tied_prefix_whose_mass_equals_top_p_is_kept_alone() {
+        // 20 equal logits: 16 of them hold 0.8 of the mass, which reaches top_p = 0.8, so the
+        // 17th is out and the last draws land on the 16th (the GPU sampler's f32 mass agrees).
+        let logits = [3.0; 20];
+        let p = SamplingParams {
+            top_p: 0.8,
+            ..params(0.7)
+        };
+        assert_eq!(sample_from(&logits, &p, 0.999), 15);
+        assert_eq!(sample_from(&logits, &p, 0.0), 0);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 use asyncthink::backend::Backend;
 use asyncthink::backend::cuda::{CudaBackend, CudaWeight, probe};
 use asyncthink::model::checkpoint::HostTensor;
+use asyncthink::model::config::Qwen3Config;
+use asyncthink::model::random::qwen3_0p6b_config;
 use half::bf16;
 use std::io::Write;
 
@@ -29,6 +31,28 @@ pub fn gpu(test: &str) -> Option<CudaBackend> {
             None
         }
     }
+}
+
+/// Whether `be` is the PTX emulator (emu/driver), whose device name says so.
+pub fn on_emulator(be: &CudaBackend) -> bool {
+    be.device_name().is_ok_and(|n| n.contains("emulator"))
+}
+
+/// The vocabulary of the Qwen3-0.6B-shaped models under the emulator: odd, and 17 blocks of
+/// the sampling kernels' 1024 threads, so every block-boundary case stays.
+pub const EMULATED_VOCAB: usize = 16_411;
+
+/// Qwen3-0.6B's shapes (hidden 1024, head_dim 128, GQA 2:1, its real max_position_embeddings)
+/// with `layers` layers. The emulator interprets every thread on the CPU, and there the
+/// 151 936-token vocabulary was most of these models' cost (the lm_head product and the
+/// per-row sampling passes, every step): it gets EMULATED_VOCAB, nothing else changes.
+/// tests/cuda_sampling.rs keeps the full vocabulary for the sampling kernels on their own.
+pub fn qwen3_0p6b_shaped(be: &CudaBackend, layers: usize) -> Qwen3Config {
+    let mut config = qwen3_0p6b_config(layers).expect("the built-in Qwen3-0.6B config");
+    if on_emulator(be) {
+        config.vocab_size = EMULATED_VOCAB;
+    }
+    config
 }
 
 /// Deterministic values in [-scale, scale], already representable in bf16.

@@ -6,7 +6,9 @@ pub mod gpu;
 
 use std::path::{Path, PathBuf};
 
+use asyncthink::backend::Backend;
 use asyncthink::backend::cpu::CpuBackend;
+use asyncthink::engine::{Engine, EngineConfig};
 use asyncthink::model::Qwen3;
 use safetensors::SafeTensors;
 use serde::Deserialize;
@@ -94,4 +96,52 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Two tokens whose logits differ by less than this fraction of the largest logit count as
+/// tied between a bf16 GPU run and another computation of the same model (f32 on the CPU, or
+/// the GPU in another accumulation order): 8 mantissa bits give 2^-9 relative per rounding,
+/// and a few layers of roundings add up to about 1%.
+pub const TIE_MARGIN: f32 = 0.02;
+
+/// Greedy tokens `got` judged against `want` for the same prompt: equal up to their first
+/// difference, and there the two chosen tokens nearly tie (within TIE_MARGIN of the largest
+/// logit) in the logits `reference` computes for the common prefix. A wrong row, slot, mask
+/// or weight moves logits by O(1) and fails. Returns how many tokens matched before the first
+/// difference (all of them when none).
+pub fn judge_greedy<B: Backend>(
+    reference: &Qwen3<B>,
+    what: &str,
+    prompt: &[u32],
+    want: &[u32],
+    got: &[u32],
+) -> usize {
+    assert_eq!(want.len(), got.len(), "{what}: token counts");
+    let Some(k) = want.iter().zip(got).position(|(a, b)| a != b) else {
+        return want.len();
+    };
+    let mut engine = Engine::new(
+        reference,
+        None,
+        EngineConfig {
+            num_blocks: 128,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut context = prompt.to_vec();
+    context.extend(&want[..k]);
+    let logits = engine.logits_all(&context).unwrap();
+    let last = logits.last().unwrap();
+    let scale = last.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+    let gap = (last[want[k] as usize] - last[got[k] as usize]).abs();
+    assert!(
+        gap <= TIE_MARGIN * scale,
+        "{what}: chose {} over the reference's {} at output {k} with a logit gap of {gap} \
+         (largest logit {scale}): not a near-tie",
+        got[k],
+        want[k]
+    );
+    println!("{what}: equal for {k} tokens, then a near-tie (gap {gap:.4}, scale {scale:.2})");
+    k
 }

@@ -81,6 +81,29 @@ fn load(bytes: &[u8], ty: u32, i: usize) -> f32 {
     }
 }
 
+/// `a · b` summed in 16 interleaved partial sums, then pairwise: an order the compiler can
+/// vectorize, and the same for every call of one length.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let split = a.len() / 16 * 16;
+    for (x, y) in a[..split].chunks_exact(16).zip(b[..split].chunks_exact(16)) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in a[split..].iter().zip(&b[split..]).enumerate() {
+        acc[i] += x * y;
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0]
+}
+
 /// Bytes of a column-major operand with `cols` columns of leading dimension `ld`.
 fn extent(rows: usize, cols: usize, ld: usize, elem: usize) -> usize {
     if rows == 0 || cols == 0 {
@@ -254,17 +277,37 @@ pub fn run_gemm(st: &mut State, g: &Gemm) -> u32 {
             j + l * ldb
         }
     };
-    // One column of C per task; each element summed over k in order with f32 FMAs.
-    let cols: Vec<Vec<f32>> = (0..n)
+    // B by columns and A by rows, as f32 and contiguous over k, so each element of C is one
+    // dot product of two slices in a fixed order (whatever the thread count). A, the weight
+    // in every product the backend makes, is converted a few rows at a time, never whole.
+    let b_cols: Vec<f32> = (0..n)
+        .flat_map(|j| (0..k).map(move |l| load(bv, b_type, b_index(l, j))))
+        .collect();
+    const ROWS: usize = 32;
+    let row_blocks: Vec<Vec<f32>> = (0..m.div_ceil(ROWS))
         .into_par_iter()
+        .map(|blk| {
+            let rows = blk * ROWS..((blk + 1) * ROWS).min(m);
+            let mut a_rows = vec![0f32; rows.len() * k];
+            for (r, i) in rows.clone().enumerate() {
+                for (l, x) in a_rows[r * k..(r + 1) * k].iter_mut().enumerate() {
+                    *x = load(av, a_type, a_index(i, l));
+                }
+            }
+            let mut out = vec![0f32; rows.len() * n];
+            for r in 0..rows.len() {
+                let a_row = &a_rows[r * k..(r + 1) * k];
+                for j in 0..n {
+                    out[r * n + j] = dot(a_row, &b_cols[j * k..(j + 1) * k]);
+                }
+            }
+            out
+        })
+        .collect();
+    let cols: Vec<Vec<f32>> = (0..n)
         .map(|j| {
-            let bcol: Vec<f32> = (0..k).map(|l| load(bv, b_type, b_index(l, j))).collect();
             (0..m)
-                .map(|i| {
-                    bcol.iter().enumerate().fold(0f32, |acc, (l, &bl)| {
-                        load(av, a_type, a_index(i, l)).mul_add(bl, acc)
-                    })
-                })
+                .map(|i| row_blocks[i / ROWS][(i % ROWS) * n + j])
                 .collect()
         })
         .collect();

@@ -467,6 +467,25 @@ pub extern "C" fn cuModuleLoadData(module: *mut *mut c_void, image: *const c_voi
     if image.is_null() {
         return code::INVALID_VALUE;
     }
+    // An ELF cubin is machine code: said once and plainly, so the backend's fallback to the
+    // set's PTX reads as what it is, not as a PTX syntax error.
+    let bytes = image.cast::<u8>();
+    // SAFETY: the image is at least as long as its first byte differing from the magic or its
+    // NUL (PTX text) or its ELF header (a cubin); each byte is read only after the previous
+    // one matched, so the read never passes the image's end.
+    let elf = (0..4).all(|i| unsafe { *bytes.add(i) } == b"\x7fELF"[i]);
+    if elf {
+        // Not `report`: the refusal is expected (the backend then loads the PTX), so it must
+        // not abort under ASYNCTHINK_EMU_ABORT, and one line per process is enough.
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "[asyncthink-emu libcuda] cuModuleLoadData: the image is a cubin (ELF machine \
+                 code); the emulator runs PTX only (said once per process)"
+            );
+        }
+        return code::INVALID_IMAGE;
+    }
     // SAFETY: the image of a PTX module is a NUL-terminated string (the API's contract).
     let text = unsafe { CStr::from_ptr(image.cast::<c_char>()) };
     let Ok(text) = text.to_str() else {

@@ -640,7 +640,7 @@ fn fma(ty: Ty, fm: &FloatMods, wide: bool, a: u64, b: u64, c: u64) -> Result<u64
             let r = fma32(in32(a, fm), in32(b, fm), in32(c, fm), round);
             Ok(float_out32(r, fm))
         }
-        Ty::F64 if round == Round::Nearest => Ok(canon64(f64v(a).mul_add(f64v(b), f64v(c)))),
+        Ty::F64 if round == Round::Nearest => Ok(canon64(fma_rn64(f64v(a), f64v(b), f64v(c)))),
         _ if ty.is_float() => Err(format!("fma on {ty:?} with {round:?} is not supported")),
         _ => {
             let bits = ty.bits();

@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUresult;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, LaunchConfig,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, DriverError,
+    LaunchConfig,
 };
 use half::bf16;
 
 use super::graphs::{ActiveStep, GraphState};
-use super::kernel_set::{self, KernelSource};
+use super::kernel_set::{self, KernelImage, KernelSource};
 use super::probe;
 use crate::{Error, Result};
 
@@ -100,22 +102,47 @@ impl CudaBackend {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(|e| cuda_err(format!("{e:?}")))? as usize;
-        let (kernel_source, images) = kernel_set::images(arch)?;
+        let (mut kernel_source, images) = kernel_set::images(arch)?;
         let mut funcs = HashMap::new();
+        let mut refused_cubins = Vec::new();
         for (k, image) in images {
-            let module = ctx.load_module(image.to_cudarc()).map_err(|e| {
-                cuda_err(format!(
-                    "loading kernels/{}.cu ({}): {e:?}",
-                    k.name,
-                    image.kind()
-                ))
-            })?;
+            let load = |image: &KernelImage| {
+                ctx.load_module(image.to_cudarc()).map_err(|e| {
+                    let what = format!("loading kernels/{}.cu ({}): {e:?}", k.name, image.kind());
+                    (e, what)
+                })
+            };
+            let module = match load(&image) {
+                Ok(m) => m,
+                // A driver that cannot take the machine code (the PTX emulator runs PTX only)
+                // JIT-compiles the same kernels from the PTX they were assembled from.
+                Err((DriverError(code), _))
+                    if image.kind() == "cubin"
+                        && matches!(
+                            code,
+                            CUresult::CUDA_ERROR_INVALID_IMAGE
+                                | CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU
+                        ) =>
+                {
+                    refused_cubins.push(k.name);
+                    load(&image.ptx()).map_err(|(_, what)| cuda_err(what))?
+                }
+                Err((_, what)) => return Err(cuda_err(what)),
+            };
             for f in k.functions {
                 let func = module
                     .load_function(f)
                     .map_err(|e| cuda_err(format!("kernel {f}: {e:?}")))?;
                 funcs.insert(*f, func);
             }
+        }
+        if let (KernelSource::Precompiled { images, .. }, false) =
+            (&mut kernel_source, refused_cubins.is_empty())
+        {
+            *images = format!(
+                "{images}; the driver refused the cubins of {}, loaded their PTX",
+                refused_cubins.join(", ")
+            );
         }
         // One stream of our own for everything: the legacy default stream cannot be captured
         // into a graph. Every buffer lives and is used on this one stream, so cudarc's

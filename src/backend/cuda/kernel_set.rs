@@ -28,22 +28,32 @@ pub const MANIFEST: &str = "manifest.json";
 pub enum KernelImage {
     /// PTX text: the driver JIT-compiles it for the device.
     Ptx(Arc<str>),
-    /// Machine code for exactly the manifest's architecture.
-    Cubin(Arc<[u8]>),
+    /// Machine code for exactly the manifest's architecture, with the PTX it was assembled
+    /// from: a driver that refuses the cubin (the emulator, which runs PTX only) gets that.
+    Cubin { cubin: Arc<[u8]>, ptx: Arc<str> },
 }
 
 impl KernelImage {
     pub fn to_cudarc(&self) -> cudarc::nvrtc::Ptx {
         match self {
             KernelImage::Ptx(src) => cudarc::nvrtc::Ptx::from_src(src.to_string()),
-            KernelImage::Cubin(bytes) => cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
+            KernelImage::Cubin { cubin, .. } => cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()),
+        }
+    }
+
+    /// The PTX of this image, as an image of its own.
+    pub fn ptx(&self) -> KernelImage {
+        match self {
+            KernelImage::Ptx(src) | KernelImage::Cubin { ptx: src, .. } => {
+                KernelImage::Ptx(src.clone())
+            }
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             KernelImage::Ptx(_) => "ptx",
-            KernelImage::Cubin(_) => "cubin",
+            KernelImage::Cubin { .. } => "cubin",
         }
     }
 }
@@ -159,16 +169,17 @@ pub fn load_precompiled(
                 ),
             ));
         }
+        let p = dir.join(&e.ptx);
+        let ptx: Arc<str> = std::fs::read_to_string(&p)
+            .map_err(|err| Error::io(&p, err))?
+            .into();
         let image = match &e.cubin {
             Some(f) => {
                 let p = dir.join(f);
-                KernelImage::Cubin(std::fs::read(&p).map_err(|err| Error::io(&p, err))?.into())
+                let cubin = std::fs::read(&p).map_err(|err| Error::io(&p, err))?.into();
+                KernelImage::Cubin { cubin, ptx }
             }
-            None => {
-                let p = dir.join(&e.ptx);
-                let ptx = std::fs::read_to_string(&p).map_err(|err| Error::io(&p, err))?;
-                KernelImage::Ptx(ptx.into())
-            }
+            None => KernelImage::Ptx(ptx),
         };
         images.push((k, image));
     }
@@ -278,6 +289,13 @@ mod tests {
         }
         let cubin = load_precompiled(dir.path(), "sm_90").unwrap();
         assert!(cubin.iter().all(|(_, i)| i.kind() == "cubin"));
+        // Each cubin keeps the PTX it came from, for a driver that refuses machine code.
+        for (k, image) in &cubin {
+            match image.ptx() {
+                KernelImage::Ptx(src) => assert_eq!(&*src, format!("// {}\n", k.name)),
+                other => panic!("{}: ptx() gave {}", k.name, other.kind()),
+            }
+        }
         // A flat directory (the manifest at the top) works too.
         assert!(load_precompiled(&dir.path().join("sm_90"), "sm_90").is_ok());
     }

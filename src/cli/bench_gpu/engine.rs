@@ -9,12 +9,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Sizes, Timing};
+use super::{Sizes, Timing, bench_config};
 use crate::backend::Backend;
 use crate::backend::cuda::CudaBackend;
 use crate::engine::{Engine, EngineConfig, FinishReason, SamplingParams};
 use crate::model::Qwen3;
-use crate::model::random::{qwen3_0p6b_config, random_checkpoint};
+use crate::model::random::random_checkpoint;
 use crate::{Error, Result};
 
 const BLOCK_SIZE: usize = 16;
@@ -46,11 +46,11 @@ impl BenchModel {
     }
 }
 
-/// Qwen3-0.6B's shapes with `layers` layers and random bf16 weights, built in host memory
-/// and loaded through the ordinary checkpoint path.
-pub fn build_model(be: &CudaBackend, layers: usize, seed: u64) -> Result<BenchModel> {
+/// Qwen3-0.6B's shapes with `sizes.layers` layers (and `sizes.vocab` tokens) and random bf16
+/// weights, built in host memory and loaded through the ordinary checkpoint path.
+pub fn build_model(be: &CudaBackend, sizes: &Sizes, seed: u64) -> Result<BenchModel> {
     let started = Instant::now();
-    let config = qwen3_0p6b_config(layers)?;
+    let config = bench_config(sizes)?;
     let ckpt = random_checkpoint(&config, seed)?;
     let model = Qwen3::from_checkpoint(be.clone(), config, &ckpt)?;
     drop(ckpt);
@@ -61,7 +61,8 @@ pub fn build_model(be: &CudaBackend, layers: usize, seed: u64) -> Result<BenchMo
         .sum();
     let build_seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "model: {layers} layers, {:.2} GB of bf16 weights, built in {build_seconds:.1} s",
+        "model: {} layers, {:.2} GB of bf16 weights, built in {build_seconds:.1} s",
+        sizes.layers,
         weight_bytes as f64 / 1e9
     );
     Ok(BenchModel {

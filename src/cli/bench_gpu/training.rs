@@ -12,18 +12,15 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 
 use super::kernels::timed;
-use super::{Sizes, Timing};
+use super::{Sizes, Timing, bench_config};
 use crate::Result;
 use crate::backend::cuda::CudaBackend;
 use crate::backend::{AttentionShape, TrainBackend};
 use crate::model::Qwen3;
 use crate::model::config::Qwen3Config;
-use crate::model::random::{qwen3_0p6b_config, random_checkpoint};
+use crate::model::random::random_checkpoint;
 use crate::train::optim::{AdamW, OptimConfig};
 use crate::train::{Gradients, TrainBatch, loss_and_grad};
-
-/// Timed optimizer steps per configuration (each is long; the median is reported).
-const STEPS: usize = 5;
 
 /// Weights the matrix products read per token.
 fn matmul_params(c: &Qwen3Config) -> usize {
@@ -56,20 +53,21 @@ fn steps(
     model: &mut Qwen3<CudaBackend>,
     batch: &TrainBatch,
     checkpointing: bool,
+    repeats: usize,
 ) -> Result<(Timing, u64)> {
     let mut opt = AdamW::new(
         model,
         OptimConfig {
             warmup_steps: 0,
-            total_steps: (STEPS + 1) as u64,
+            total_steps: (repeats + 1) as u64,
             ..OptimConfig::default()
         },
     )?;
     let mut grads = Gradients::zeros(model)?;
     be.reset_peak_memory()?;
     let norm = batch.weight_sum();
-    let mut samples = Vec::with_capacity(STEPS);
-    for i in 0..=STEPS {
+    let mut samples = Vec::with_capacity(repeats);
+    for i in 0..=repeats {
         let ms = be.time_ms(|| {
             grads.zero(&model.backend)?;
             loss_and_grad(model, batch, norm, &mut grads, checkpointing)?;
@@ -89,7 +87,7 @@ pub fn training(
     seed: u64,
     gemm_tflops: Option<f64>,
 ) -> Result<Value> {
-    let config = qwen3_0p6b_config(sizes.layers)?;
+    let config = bench_config(sizes)?;
     let ckpt = random_checkpoint(&config, seed)?;
     let mut model =
         Qwen3::from_checkpoint_with(be.clone(), config, &ckpt, |b, t| b.load_master_weight(t))?;
@@ -102,7 +100,7 @@ pub fn training(
 
     let mut configs = Vec::new();
     for checkpointing in [false, true] {
-        let (t, peak) = steps(be, &mut model, &batch, checkpointing)?;
+        let (t, peak) = steps(be, &mut model, &batch, checkpointing, sizes.repeats)?;
         let tflops = flops / (t.median_ms * 1e-3) / 1e12;
         let mfu = gemm_tflops.map(|g| tflops / g);
         eprintln!(

@@ -21,4 +21,9 @@ export CUDA_BIN="$cu13/bin"
 export CUDA_INCLUDE="$cu13/include"
 export CUDA_LIB="$cu13/lib"
 export ASYNCTHINK_CUDA_INCLUDE="$CUDA_INCLUDE"
-export LD_LIBRARY_PATH="$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Once: build.rs watches LD_LIBRARY_PATH, so a script that sources this after another did
+# (test-gpu-emulated.sh, then gpu-pack.sh) must see the same value or cargo rebuilds the crate.
+case ":${LD_LIBRARY_PATH:-}:" in
+    *":$CUDA_LIB:"*) ;;
+    *) export LD_LIBRARY_PATH="$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+esac

@@ -1,7 +1,8 @@
 //! The whole model and the batching engine on the GPU against the CPU reference, on a
 //! Qwen3-0.6B-shaped random checkpoint (full width: hidden 1024, 16 query / 8 KV heads,
 //! head_dim 128, vocabulary 151 936, or 16 411 on the PTX emulator; 4 layers, so the f32 CPU
-//! reference stays quick) and on the tiny fixtures. Needs a GPU; without one each test prints `GPU test NAME: skipped: …`.
+//! reference stays quick) and on the tiny fixtures. Needs a GPU; without one each test prints
+//! `GPU test NAME: skipped: …`.
 //!
 //! How greedy outputs are judged: bf16 activations on the GPU against f32 on the CPU move
 //! logits by a few bf16 ulps, so two greedy runs may part where the top two logits nearly tie.

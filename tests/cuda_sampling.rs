@@ -188,7 +188,10 @@ fn check_rows(what: &str, logits: &[f32], rows: &[TokenChoice], got: &[Chosen]) 
                 .iter()
                 .copied()
                 .reduce(|a, b| if before(a, b) { b } else { a });
-            let (lo, hi) = (lo.unwrap_or(w.token), hi.unwrap_or(w.token));
+            let (lo, hi) = (
+                lo.expect("two picks or more"),
+                hi.expect("two picks or more"),
+            );
             assert!(
                 before(lo, d) && before(d, hi),
                 "{what}: row {r}: device token {d} outside the host's picks {lo}..{hi} around \

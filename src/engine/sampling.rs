@@ -370,13 +370,13 @@ fn sample_from(logits: &[f32], p: &SamplingParams, draw: f32) -> u32 {
     cand.sort_unstable_by(by_logit_desc);
 
     let max = cand[0].1;
-    // Each term in f32 (as the GPU's expf), every sum in f64. Summed in f32 one after another,
-    // the ~1e5 nearly equal terms of a flat 151 936-token row drift by ~4e-4 of the mass (the
-    // emulated GPU test caught a draw 13 ranks from the exact pick): a bias in the
-    // distribution itself, not just in the last bits.
-    let exps: Vec<f64> = cand.iter().map(|&(_, l)| (l - max).exp() as f64).collect();
-    let total: f64 = exps.iter().sum();
-    let probs: Vec<f64> = exps.iter().map(|e| e / total).collect();
+    // Each term in f32 (as the GPU computes its terms), every sum in f64. Summed in f32 one
+    // after another, the ~1e5 nearly equal terms of a flat 151 936-token row drift by ~4e-4 of
+    // the mass (the emulated GPU test caught a draw 13 ranks from the exact pick): a bias in
+    // the distribution itself, not just in the last bits.
+    let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (l - max).exp() as f64).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
 
     let mut keep = probs.len();
     if p.top_p < 1.0 {
@@ -466,6 +466,54 @@ mod tests {
             ..params(1.0)
         };
         assert_eq!(sample_from(&logits, &p, 0.99), 1);
+    }
+
+    #[test]
+    fn a_flat_qwen3_sized_row_draws_the_exact_pick() {
+        // 151 936 distinct logits in [-1, 1): each token holds ~7e-6 of the mass. The exact
+        // pick for a draw, found in f64 from scratch, must be what the sampler returns (one
+        // rank either way for f32 terms against f64 ones); the sampler that summed in f32 one
+        // term after another picked 3 ranks away at draw 0.95.
+        let n = 151_936u32;
+        let logits: Vec<f32> = (0..n)
+            .map(|i| {
+                ((i.wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        let mut order: Vec<u32> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        let max = logits[order[0] as usize];
+        let w: Vec<f64> = order
+            .iter()
+            .map(|&i| f64::from(logits[i as usize] - max).exp())
+            .collect();
+        let total: f64 = w.iter().sum();
+        let p = params(1.0);
+        for draw in [0.05f32, 0.3, 0.5, 0.7, 0.95] {
+            let mut target = f64::from(draw) * total;
+            let exact = order
+                .iter()
+                .zip(&w)
+                .find(|&(_, &wi)| {
+                    let hit = target < wi;
+                    target -= wi;
+                    hit
+                })
+                .map(|(&i, _)| i)
+                .unwrap();
+            let got = sample_from(&logits, &p, draw);
+            let rank = |t: u32| order.iter().position(|&i| i == t).unwrap() as i64;
+            assert!(
+                (rank(got) - rank(exact)).abs() <= 1,
+                "draw {draw}: token {got} (rank {}) against the exact {exact} (rank {})",
+                rank(got),
+                rank(exact)
+            );
+        }
     }
 
     #[test]

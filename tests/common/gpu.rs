@@ -38,8 +38,9 @@ pub fn on_emulator(be: &CudaBackend) -> bool {
     be.device_name().is_ok_and(|n| n.contains("emulator"))
 }
 
-/// The vocabulary of the Qwen3-0.6B-shaped models under the emulator: odd, and 17 blocks of
-/// the sampling kernels' 1024 threads, so every block-boundary case stays.
+/// The vocabulary of the Qwen3-0.6B-shaped models under the emulator: odd, and 16 full
+/// strides of the sampling kernels' 1024 threads plus 27 tokens, so a partial last stride
+/// stays.
 pub const EMULATED_VOCAB: usize = 16_411;
 
 /// Qwen3-0.6B's shapes (hidden 1024, head_dim 128, GQA 2:1, its real max_position_embeddings)

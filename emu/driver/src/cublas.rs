@@ -278,8 +278,9 @@ pub fn run_gemm(st: &mut State, g: &Gemm) -> u32 {
         }
     };
     // B by columns and A by rows, as f32 and contiguous over k, so each element of C is one
-    // dot product of two slices in a fixed order (whatever the thread count). A, the weight
-    // in every product the backend makes, is converted a few rows at a time, never whole.
+    // dot product of two slices in a fixed order (whatever the thread count). A (the weight
+    // in the forward products, with up to 151 936 rows) is converted a few rows at a time,
+    // never whole.
     let b_cols: Vec<f32> = (0..n)
         .flat_map(|j| (0..k).map(move |l| load(bv, b_type, b_index(l, j))))
         .collect();

@@ -61,8 +61,9 @@ pub fn mul32(a: f32, b: f32, mode: Round) -> f32 {
     directed(p as f32, p, 0.0, mode)
 }
 
-/// f32 `a * b + c` rounded once to nearest. On the CPU's FMA unit where it has one: without
-/// it `mul_add` is a software routine many times slower, and it is in every kernel's loop.
+/// f32 `a * b + c` rounded once to nearest, as one FMA instruction where the CPU has one:
+/// built without the target feature, `mul_add` is a call into libm's `fmaf`, and this sits in
+/// every kernel's inner loop.
 pub fn fma_rn32(a: f32, b: f32, c: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("fma") {

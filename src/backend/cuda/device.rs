@@ -116,7 +116,7 @@ impl CudaBackend {
                 Ok(m) => m,
                 // A driver that cannot take the machine code (the PTX emulator runs PTX only)
                 // JIT-compiles the same kernels from the PTX they were assembled from.
-                Err((DriverError(code), _))
+                Err((DriverError(code), refused))
                     if image.kind() == "cubin"
                         && matches!(
                             code,
@@ -125,7 +125,8 @@ impl CudaBackend {
                         ) =>
                 {
                     refused_cubins.push(k.name);
-                    load(&image.ptx()).map_err(|(_, what)| cuda_err(what))?
+                    load(&image.ptx())
+                        .map_err(|(_, what)| cuda_err(format!("{refused}; then {what}")))?
                 }
                 Err((_, what)) => return Err(cuda_err(what)),
             };

@@ -128,7 +128,8 @@ fn stale(dir: &Path, msg: String) -> Error {
 
 /// Reads and checks the precompiled set for `arch` under `root` (`root/<arch>/manifest.json`,
 /// else `root/manifest.json`). Every kernel file of this binary must be there with the hash of
-/// its current source; a cubin is preferred over PTX when the set has one.
+/// its current source; a cubin is preferred over PTX when the set has one, and the PTX is read
+/// either way (a driver that refuses the cubin loads it), so a set without its PTX is refused.
 pub fn load_precompiled(
     root: &Path,
     arch: &str,

@@ -22,6 +22,10 @@ use crate::model::random::random_checkpoint;
 use crate::train::optim::{AdamW, OptimConfig};
 use crate::train::{Gradients, TrainBatch, loss_and_grad};
 
+/// Most timed optimizer steps per configuration (each is long; the median is reported):
+/// `--repeats` caps it lower, as the emulated GPU check does.
+const MAX_STEPS: usize = 5;
+
 /// Weights the matrix products read per token.
 fn matmul_params(c: &Qwen3Config) -> usize {
     let h = c.hidden_size;
@@ -100,7 +104,13 @@ pub fn training(
 
     let mut configs = Vec::new();
     for checkpointing in [false, true] {
-        let (t, peak) = steps(be, &mut model, &batch, checkpointing, sizes.repeats)?;
+        let (t, peak) = steps(
+            be,
+            &mut model,
+            &batch,
+            checkpointing,
+            sizes.repeats.min(MAX_STEPS),
+        )?;
         let tflops = flops / (t.median_ms * 1e-3) / 1e12;
         let mfu = gemm_tflops.map(|g| tflops / g);
         eprintln!(

@@ -54,7 +54,9 @@ LD_LIBRARY_PATH="$lib:$LD_LIBRARY_PATH" OUT="$out" GPU_CHECK_DEADLINE_S="${EMU_G
     GPU_CHECK_CAP_SCALE="${EMU_GPU_CAP_SCALE:-6}" GPU_CHECK_BENCH_ARGS="$EMU_BENCH_ARGS" \
     scripts/gpu-run.sh || rc=$?
 python3 - "$out/gpu-summary.json" "$rc" <<'PY'
-import json, sys
+import json, os, sys
+if not os.path.isfile(sys.argv[1]):
+    sys.exit(f"GPU check on the emulator: exit {sys.argv[2]}, and it wrote no {sys.argv[1]}")
 s, rc = json.load(open(sys.argv[1])), int(sys.argv[2])
 device = s.get("device") or ""
 bad = [(x["name"], x["status"], x.get("reason")) for x in s["steps"] if x["status"] != "passed"]

@@ -305,27 +305,23 @@ pub fn run_gemm(st: &mut State, g: &Gemm) -> u32 {
             out
         })
         .collect();
-    let cols: Vec<Vec<f32>> = (0..n)
-        .map(|j| {
-            (0..m)
-                .map(|i| row_blocks[i / ROWS][(i % ROWS) * n + j])
-                .collect()
-        })
-        .collect();
-    for (j, col) in cols.iter().enumerate() {
-        for (i, &acc) in col.iter().enumerate() {
-            let at = i + j * ldc;
-            // beta = 0 means C is not read at all (it may hold NaNs), as in BLAS.
-            let v = if beta == 0.0 {
-                alpha * acc
-            } else {
-                alpha * acc + beta * load(&cv, c_type, at)
-            };
-            if c_type == CUDA_R_16BF {
-                let h = asyncthink_emu::exec::float::bf16_rn(v);
-                cv[2 * at..2 * at + 2].copy_from_slice(&h.to_le_bytes());
-            } else {
-                cv[4 * at..4 * at + 4].copy_from_slice(&v.to_le_bytes());
+    for (blk, out) in row_blocks.iter().enumerate() {
+        for (r, row) in out.chunks_exact(n).enumerate() {
+            let i = blk * ROWS + r;
+            for (j, &acc) in row.iter().enumerate() {
+                let at = i + j * ldc;
+                // beta = 0 means C is not read at all (it may hold NaNs), as in BLAS.
+                let v = if beta == 0.0 {
+                    alpha * acc
+                } else {
+                    alpha * acc + beta * load(&cv, c_type, at)
+                };
+                if c_type == CUDA_R_16BF {
+                    let h = asyncthink_emu::exec::float::bf16_rn(v);
+                    cv[2 * at..2 * at + 2].copy_from_slice(&h.to_le_bytes());
+                } else {
+                    cv[4 * at..4 * at + 4].copy_from_slice(&v.to_le_bytes());
+                }
             }
         }
     }

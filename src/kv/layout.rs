@@ -31,13 +31,19 @@ impl KvLayout {
         self.num_layers * self.layer_elems()
     }
 
+    /// Offset, within one layer's pool, of `head`'s first row in `block`: the block's
+    /// `block_size` positions of that head follow it as consecutive `head_dim` rows.
+    #[inline]
+    pub fn block_head_offset(&self, block: usize, head: usize) -> usize {
+        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
+    }
+
     /// Offset, within one layer's pool, of the first element of `head` at token `slot`,
     /// where `slot = block * block_size + position_in_block` (the "slot mapping" value).
     #[inline]
     pub fn slot_offset(&self, slot: usize, head: usize) -> usize {
-        let block = slot / self.block_size;
-        let within = slot % self.block_size;
-        ((block * self.num_kv_heads + head) * self.block_size + within) * self.head_dim
+        let (block, within) = (slot / self.block_size, slot % self.block_size);
+        self.block_head_offset(block, head) + within * self.head_dim
     }
 
     /// Number of blocks a budget of `bytes` buys, for K and V of every layer at
@@ -98,6 +104,8 @@ mod tests {
         for slot in 0..l.num_blocks * l.block_size {
             for h in 0..l.num_kv_heads {
                 let o = l.slot_offset(slot, h);
+                let (b, w) = (slot / l.block_size, slot % l.block_size);
+                assert_eq!(o, l.block_head_offset(b, h) + w * l.head_dim);
                 for d in 0..l.head_dim {
                     assert!(!seen[o + d], "overlap at slot {slot} head {h}");
                     seen[o + d] = true;

@@ -4,7 +4,12 @@
 
 use rayon::prelude::*;
 
-use super::dot::{axpy, dot};
+use super::attention_kernels::{
+    KEY_STEP, QUERY_LANES, VALUE_QUERIES, WIDE_LANES, exp_minus, scores, scores_wide,
+    weighted_values_1, weighted_values_8, weighted_values_32,
+};
+use super::dot::dot;
+use super::simd::prefetch;
 use super::{CpuTensor, Precision};
 use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
@@ -24,22 +29,27 @@ struct QueryBlock<Q> {
     first_len: usize,
 }
 
-/// A query block against its keys and values, fetched by position: the arithmetic every
-/// attention path shares. Each query's numbers are one fixed sequence of operations: its
-/// scores in key order (the 32-lane `dot`), their max, the exponentials summed in key
-/// order, the values weighted and added in key order, one scale by the inverse sum. The
-/// block only decides which queries share a K/V load, so a token's output is bitwise the
-/// same from the paged cache (decode, prefill, chunked prefill, recomputation after
-/// preemption) or the trainer's packed batch, alone or with any neighbours. Writes
-/// `[rows][group][head_dim]` into `out` and each query's log-sum-exp of scaled scores
-/// (what the backward recomputes the probabilities from) into `lse`. At bf16 precision
-/// the exponentials are rounded to bf16 after their sum and before they weight the
-/// values, as torch's CPU flash attention feeds its bf16 product with V.
+/// A query block against its keys and values (`key_rows[j]`: position j's): the arithmetic every
+/// attention path shares. Each query's numbers are one fixed sequence of operations
+/// (`attention_kernels.rs` says which): its scores in key order, their max, the
+/// exponentials summed in key order, the values weighted and added in key order, one
+/// scale by the inverse sum. The block only decides which queries share registers and
+/// K/V loads, so a token's output is bitwise the same from the paged cache (decode,
+/// prefill, chunked prefill, recomputation after preemption) or the trainer's packed
+/// batch, alone or with any neighbours. Writes `[rows][group][head_dim]` into `out` and
+/// each query's log-sum-exp of scaled scores (what the backward recomputes the
+/// probabilities from) into `lse`. At bf16 precision the exponentials are rounded to
+/// bf16 after their sum and before they weight the values, as torch's CPU flash
+/// attention feeds its bf16 product with V.
+///
+/// Exact softmax over the block's whole context, not an online one: the block's
+/// probabilities are `rows · group · context` floats (256 KiB for 16 rows of two heads at
+/// 2 048 positions), which stays in cache where an online softmax would rescale.
 #[inline]
 fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
     block: &QueryBlock<Q>,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
+    key_rows: &[&[f32]],
+    value_rows: &[&[f32]],
     scale: f32,
     precision: Precision,
     out: &mut [f32],
@@ -51,40 +61,154 @@ fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
         first_len,
         ..
     } = *block;
-    let len = |r: usize| first_len + r;
-    let head_dim = out.len() / (rows * group);
-    let mut weights: Vec<Vec<f32>> = (0..rows * group)
-        .map(|i| Vec::with_capacity(len(i / group)))
-        .collect();
-    for j in 0..len(rows - 1) {
-        let kj = key(j);
-        // Rows from here on are at or past key j.
-        for r in (j + 1).saturating_sub(first_len)..rows {
-            for g in 0..group {
-                weights[r * group + g].push(dot((block.q)(r, g), kj) * scale);
+    let n = rows * group;
+    // Query i = row · group + head; its row sees this many keys.
+    let len = |i: usize| first_len + i / group;
+    let head_dim = out.len() / n;
+    let keys = len(n - 1);
+    let stride = n.div_ceil(QUERY_LANES) * QUERY_LANES;
+
+    // Queries element-major, one lane each: qt[d · stride + i].
+    let mut qt = vec![0f32; head_dim * stride];
+    for i in 0..n {
+        for (d, &x) in (block.q)(i / group, i % group).iter().enumerate() {
+            qt[d * stride + i] = x;
+        }
+    }
+    // p[j · stride + i]: query i's scaled score of key j, later its probability.
+    let mut p = vec![0f32; keys * stride];
+    for j0 in (0..keys).step_by(KEY_STEP) {
+        let taken = KEY_STEP.min(keys - j0);
+        // A short last step repeats its last key into lanes that are then dropped.
+        let step: [&[f32]; KEY_STEP] = std::array::from_fn(|b| key_rows[j0 + b.min(taken - 1)]);
+        for next in key_rows.iter().skip(j0 + KEY_STEP).take(KEY_STEP) {
+            prefetch(next);
+        }
+        let mut v = 0;
+        while v < stride {
+            let mut put = |b: usize, lanes: &[f32]| {
+                let row = &mut p[(j0 + b) * stride + v..][..lanes.len()];
+                row.iter_mut().zip(lanes).for_each(|(s, &a)| *s = a * scale);
+            };
+            if stride - v >= WIDE_LANES {
+                let acc = scores_wide(&qt[v..], stride, &step, head_dim);
+                acc.iter()
+                    .take(taken)
+                    .enumerate()
+                    .for_each(|(b, l)| put(b, l));
+                v += WIDE_LANES;
+            } else {
+                let acc = scores(&qt[v..], stride, &step, head_dim);
+                acc.iter()
+                    .take(taken)
+                    .enumerate()
+                    .for_each(|(b, l)| put(b, l));
+                v += QUERY_LANES;
             }
         }
     }
-    let mut inv = vec![0f32; rows * group];
-    for (i, scores) in weights.iter_mut().enumerate() {
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        scores.iter_mut().for_each(|x| *x = (*x - max).exp());
-        let denom: f32 = scores.iter().sum();
-        inv[i] = 1.0 / denom;
-        lse[i] = max + denom.ln();
-        precision.round(scores);
-    }
-    out.fill(0.0);
-    for j in 0..len(rows - 1) {
-        let vj = value(j);
-        for (i, o) in out.chunks_mut(head_dim).enumerate() {
-            if let Some(&w) = weights[i].get(j) {
-                axpy(o, w, vj);
-            }
+    for i in 0..n {
+        for j in len(i)..keys {
+            p[j * stride + i] = f32::NEG_INFINITY;
         }
     }
-    for (o, &s) in out.chunks_mut(head_dim).zip(&inv) {
-        o.iter_mut().for_each(|x| *x *= s);
+
+    let mut max = vec![f32::NEG_INFINITY; stride];
+    for row in p.chunks(stride) {
+        max.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
+    }
+    exp_minus(&mut p, &max);
+    let mut sum = vec![0f32; stride];
+    for row in p.chunks(stride) {
+        sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
+    }
+    for i in 0..n {
+        lse[i] = max[i] + sum[i].ln();
+    }
+    precision.round(&mut p);
+
+    let weigh = Weigh {
+        p: &p,
+        stride,
+        values: value_rows,
+        sum: &sum,
+        head_dim,
+    };
+    for i0 in (0..n).step_by(VALUE_QUERIES) {
+        let m = VALUE_QUERIES.min(n - i0);
+        let lens: [usize; VALUE_QUERIES] = std::array::from_fn(|q| len(i0 + q.min(m - 1)));
+        let mut d0 = 0;
+        while d0 < head_dim {
+            d0 += match head_dim - d0 {
+                32.. => weigh.run::<32>(weighted_values_32, i0, m, lens, d0, out),
+                8.. => weigh.run::<8>(weighted_values_8, i0, m, lens, d0, out),
+                _ => weigh.run::<1>(weighted_values_1, i0, m, lens, d0, out),
+            };
+        }
+    }
+}
+
+type WeightedValues<const W: usize> = fn(
+    &[f32],
+    usize,
+    &[usize; VALUE_QUERIES],
+    usize,
+    std::ops::Range<usize>,
+    &[&[f32]],
+    usize,
+    &mut [[f32; W]; VALUE_QUERIES],
+);
+
+/// The probability-weighted values of one query block, `VALUE_QUERIES` queries and `W`
+/// output elements at a time.
+struct Weigh<'a> {
+    p: &'a [f32],
+    stride: usize,
+    values: &'a [&'a [f32]],
+    sum: &'a [f32],
+    head_dim: usize,
+}
+
+impl Weigh<'_> {
+    /// Output elements `d0..d0 + W` of queries `i0..i0 + m`, whose key counts `lens` do
+    /// not decrease. The queries go to the kernel last first, so the ones that still
+    /// have keys left are always its first `active`: all m share keys `0..lens[0]`,
+    /// then each later query adds its few extra ones. Returns W.
+    fn run<const W: usize>(
+        &self,
+        kernel: WeightedValues<W>,
+        i0: usize,
+        m: usize,
+        lens: [usize; VALUE_QUERIES],
+        d0: usize,
+        out: &mut [f32],
+    ) -> usize {
+        let lanes: [usize; VALUE_QUERIES] = std::array::from_fn(|k| i0 + (m - 1).saturating_sub(k));
+        let mut acc = [[0f32; W]; VALUE_QUERIES];
+        let mut from = 0;
+        for (q, &to) in lens.iter().enumerate().take(m) {
+            if to > from {
+                let range = from..to;
+                kernel(
+                    self.p,
+                    self.stride,
+                    &lanes,
+                    m - q,
+                    range,
+                    self.values,
+                    d0,
+                    &mut acc,
+                );
+                from = to;
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(m) {
+            let i = lanes[k];
+            let inv = 1.0 / self.sum[i];
+            let o = &mut out[i * self.head_dim + d0..][..W];
+            o.iter_mut().zip(a).for_each(|(o, &x)| *o = x * inv);
+        }
+        W
     }
 }
 
@@ -202,15 +326,19 @@ pub fn paged_attention(
     });
     let tasks = tasks(seqs, shape.num_kv_heads);
     run_tasks(&tasks, q, shape, |t, o, l| {
-        let table = &batch.seqs[t.seq].block_table;
-        let at = |j: usize| {
-            let slot = table[j / bs] as usize * bs + j % bs;
-            layout.slot_offset(slot, t.kv_head)
-        };
+        let keys = t.first_len + t.rows - 1;
+        let offsets: Vec<usize> = batch.seqs[t.seq].block_table[..keys.div_ceil(bs)]
+            .iter()
+            .flat_map(|&b| {
+                let first = layout.block_head_offset(b as usize, t.kv_head);
+                (0..bs).map(move |w| first + w * head_dim)
+            })
+            .take(keys)
+            .collect();
+        let key_rows: Vec<&[f32]> = offsets.iter().map(|&a| &k_pool[a..][..head_dim]).collect();
+        let value_rows: Vec<&[f32]> = offsets.iter().map(|&a| &v_pool[a..][..head_dim]).collect();
         let block = t.queries(q, group, head_dim);
-        let keys = |j: usize| &k_pool[at(j)..][..head_dim];
-        let values = |j: usize| &v_pool[at(j)..][..head_dim];
-        attend(&block, keys, values, scale, precision, o, l);
+        attend(&block, &key_rows, &value_rows, scale, precision, o, l);
     })
     .0
 }
@@ -239,10 +367,22 @@ pub fn varlen_attention(
         let start = t.seq;
         let kv = t.kv_head * head_dim;
         let block = t.queries(q, group, head_dim);
-        let keys = |j: usize| &k.data[(start + j) * k.cols + kv..][..head_dim];
-        let values = |j: usize| &v.data[(start + j) * v.cols + kv..][..head_dim];
-        attend(&block, keys, values, scale, precision, o, l);
+        let keys = t.first_len + t.rows - 1;
+        let (key_rows, value_rows) = (
+            head_rows(k, start, keys, kv, head_dim),
+            head_rows(v, start, keys, kv, head_dim),
+        );
+        attend(&block, &key_rows, &value_rows, scale, precision, o, l);
     })
+}
+
+/// Rows `start..start + n` of `m`, each cut to the `head_dim` columns from `col`.
+fn head_rows(m: &CpuTensor, start: usize, n: usize, col: usize, head_dim: usize) -> Vec<&[f32]> {
+    m.data[start * m.cols..]
+        .chunks(m.cols)
+        .take(n)
+        .map(|r| &r[col..][..head_dim])
+        .collect()
 }
 
 /// One (sequence, KV head) task's result: (sequence, kv head, dq, dk, dv).
@@ -335,6 +475,74 @@ pub fn varlen_attention_backward(
 mod tests {
     use super::*;
     use crate::backend::cpu::test_util::{assert_close, numeric_grad, rand_vec};
+
+    /// Qwen3-0.6B's head shape (head_dim 128, two query heads per KV head): one query
+    /// row at a time (decode), a block of 16 (prefill) and the odd remainders give every
+    /// query the same bits, at both precisions, and match an f64 softmax.
+    #[test]
+    fn a_query_gets_the_same_bits_alone_or_in_any_block() {
+        let (group, head_dim, n) = (2, 128, 37);
+        let q = rand_vec(n * group * head_dim, 11);
+        let k = rand_vec(n * head_dim, 12);
+        let v = rand_vec(n * head_dim, 13);
+        let key_rows: Vec<&[f32]> = k.chunks(head_dim).collect();
+        let value_rows: Vec<&[f32]> = v.chunks(head_dim).collect();
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let run = |row0: usize, rows: usize, precision: Precision| {
+            let block = QueryBlock {
+                q: |r: usize, g: usize| &q[((row0 + r) * group + g) * head_dim..][..head_dim],
+                rows,
+                group,
+                first_len: row0 + 1,
+            };
+            let mut out = vec![0f32; rows * group * head_dim];
+            let mut lse = vec![0f32; rows * group];
+            let keys = row0 + rows;
+            attend(
+                &block,
+                &key_rows[..keys],
+                &value_rows[..keys],
+                scale,
+                precision,
+                &mut out,
+                &mut lse,
+            );
+            (out, lse)
+        };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let (whole, whole_lse) = run(0, n, precision);
+            for (row0, rows) in [(0, 16), (16, 16), (32, 5), (7, 1), (36, 1), (3, 9)] {
+                let (part, lse) = run(row0, rows, precision);
+                let span = row0 * group * head_dim..(row0 + rows) * group * head_dim;
+                assert_eq!(part, whole[span], "{precision:?} rows {row0}+{rows}");
+                assert_eq!(lse, whole_lse[row0 * group..(row0 + rows) * group]);
+            }
+        }
+        let (out, _) = run(0, n, Precision::F32);
+        for (i, o) in out.chunks(head_dim).enumerate() {
+            let (row, qi) = (i / group, &q[i * head_dim..][..head_dim]);
+            let s: Vec<f64> = (0..=row)
+                .map(|j| {
+                    let d: f64 = qi
+                        .iter()
+                        .zip(key_rows[j])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    d * scale as f64
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = w.iter().sum();
+            for (d, &got) in o.iter().enumerate() {
+                let want: f64 = (0..=row)
+                    .map(|j| w[j] * value_rows[j][d] as f64)
+                    .sum::<f64>()
+                    / z;
+                assert!((got as f64 - want).abs() < 1e-5, "query {i} elem {d}");
+            }
+        }
+    }
 
     #[test]
     fn backward_matches_finite_differences_with_gqa_and_two_sequences() {

@@ -5,6 +5,7 @@
 pub mod activation;
 mod amx;
 pub mod attention;
+mod attention_kernels;
 pub mod bf16_linear;
 pub mod dot;
 pub mod loss;

@@ -21,7 +21,7 @@ use std::path::Path;
 use crate::Result;
 use crate::backend::TrainBackend;
 use crate::model::Qwen3;
-use crate::model::save::{ExtraFiles, save_checkpoint};
+use crate::model::save::{ExtraFiles, save_checkpoint_with, write_file};
 
 /// A resumable training checkpoint: the Hugging Face directory plus the AdamW moments and
 /// the trainer's own state as `state_file` (SFT and GRPO differ only in that state).
@@ -33,11 +33,8 @@ pub fn save_training_checkpoint<B: TrainBackend>(
     state_file: &str,
     state: &impl serde::Serialize,
 ) -> Result<()> {
-    let mut files = extra_files.clone();
-    files.push((
-        "optimizer.safetensors".into(),
-        optimizer.moments_bytes(model)?,
-    ));
-    files.push((state_file.into(), serde_json::to_vec_pretty(state)?));
-    save_checkpoint(model, dir, &files)
+    save_checkpoint_with(model, dir, extra_files, |tmp| {
+        optimizer.write_moments(model, &tmp.join("optimizer.safetensors"))?;
+        write_file(tmp, state_file, &serde_json::to_vec_pretty(state)?)
+    })
 }

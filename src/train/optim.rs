@@ -192,8 +192,9 @@ impl<B: TrainBackend> AdamW<B> {
 }
 
 impl<B: TrainBackend> AdamW<B> {
-    /// Both moments of every parameter as safetensors bytes (`<name>.exp_avg`, `<name>.exp_avg_sq`).
-    pub fn moments_bytes(&self, model: &Qwen3<B>) -> Result<Vec<u8>> {
+    /// Writes both moments of every parameter as a safetensors file (`<name>.exp_avg`,
+    /// `<name>.exp_avg_sq`).
+    pub fn write_moments(&self, model: &Qwen3<B>, path: &std::path::Path) -> Result<()> {
         let b = &model.backend;
         let mut moments = Vec::new();
         for ((name, w), s) in model.parameters().into_iter().zip(&self.states) {
@@ -201,10 +202,10 @@ impl<B: TrainBackend> AdamW<B> {
             moments.push((format!("{name}.exp_avg"), b.weight_shape(w), m));
             moments.push((format!("{name}.exp_avg_sq"), b.weight_shape(w), v));
         }
-        crate::model::save::safetensors_bytes(&moments)
+        crate::model::save::write_safetensors(path, &moments)
     }
 
-    /// Restores the moments written by `moments_bytes` and the step count.
+    /// Restores the moments written by `write_moments` and the step count.
     pub fn load_moments(
         &mut self,
         model: &Qwen3<B>,

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::attention_kernels::{
-    KEY_STEP, QUERY_LANES, VALUE_QUERIES, WIDE_LANES, exp_minus, scores, scores_wide,
+    KEY_STEP, QUERY_LANES, VALUE_QUERIES, WIDE_LANES, scores, scores_wide, softmax_numerators,
     weighted_values_1, weighted_values_8, weighted_values_32,
 };
 use super::dot::dot;
@@ -117,15 +117,11 @@ fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
     for row in p.chunks(stride) {
         max.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
     }
-    exp_minus(&mut p, &max);
     let mut sum = vec![0f32; stride];
-    for row in p.chunks(stride) {
-        sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
-    }
+    softmax_numerators(&mut p, &max, &mut sum, precision == Precision::Bf16);
     for i in 0..n {
         lse[i] = max[i] + sum[i].ln();
     }
-    precision.round(&mut p);
 
     let weigh = Weigh {
         p: &p,

@@ -1,6 +1,6 @@
 //! The three inner loops of CPU attention, each compiled for the best instruction set
-//! (`simd.rs`): scores of 16 queries against 8 keys, the softmax's exponential, and
-//! probability-weighted values for 4 queries.
+//! (`simd.rs`): scores of 16 or 32 queries against 8 keys, the softmax's numerators, and
+//! probability-weighted values for 8 queries.
 //!
 //! Why these shapes: a score is a dot product over head_dim, and reducing it inside one
 //! register (then across lanes) costs a horizontal sum per query-key pair. Here the 16
@@ -16,6 +16,7 @@
 //! number of queries in a step, their order and how the caller groups them change which
 //! work shares a register, never a number.
 
+use super::precision::round_bf16;
 use super::simd::{multiversion, prefetch};
 
 /// Queries per score register: 16 f32 lanes, one 512-bit register.
@@ -120,18 +121,22 @@ pub fn exp_one(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn exp_minus_body(xs: &mut [f32], max: &[f32]) {
-    for row in xs.chunks_mut(max.len()) {
-        for (x, &m) in row.iter_mut().zip(max) {
-            *x = exp_one(*x - m);
+fn softmax_numerators_body(p: &mut [f32], max: &[f32], sum: &mut [f32], bf16: bool) {
+    for row in p.chunks_mut(max.len()) {
+        for ((x, &m), s) in row.iter_mut().zip(max).zip(sum.iter_mut()) {
+            let e = exp_one(*x - m);
+            *s += e;
+            *x = if bf16 { round_bf16(e) } else { e };
         }
     }
 }
 
 multiversion! {
-    /// `x = e^(x - max[c])` for each element x in column c of the rows of `xs`, each
-    /// `max.len()` wide: the softmax's numerators.
-    pub fn exp_minus(xs: &mut [f32], max: &[f32]) = exp_minus_body;
+    /// For each element x in column c of the rows of `p` (each `max.len()` wide):
+    /// e = e^(x - max[c]), added to `sum[c]` row after row, then stored in place of x,
+    /// rounded to bf16 if `bf16` (the sum keeps the unrounded e, as torch's does).
+    pub fn softmax_numerators(p: &mut [f32], max: &[f32], sum: &mut [f32], bf16: bool) =
+        softmax_numerators_body;
 }
 
 /// Adds keys `range` into the weighted values of up to 8 queries, `W` output elements
@@ -373,12 +378,19 @@ mod tests {
         }
         assert_eq!(fast[5][3].to_bits(), chain.to_bits());
 
-        let mut xs: Vec<f32> = (0..100).map(|i| -(i as f32) * 0.9).collect();
-        let mut slow = xs.clone();
-        let max = vec![0.5f32; 100];
-        exp_minus(&mut xs, &max);
-        exp_minus_body(&mut slow, &max);
-        assert_eq!(xs, slow);
+        for bf16 in [false, true] {
+            let mut xs: Vec<f32> = (0..100).map(|i| -(i as f32) * 0.9).collect();
+            let mut slow = xs.clone();
+            let max: Vec<f32> = (0..20).map(|c| c as f32 * 0.1).collect();
+            let (mut sum, mut slow_sum) = (vec![0f32; 20], vec![0f32; 20]);
+            softmax_numerators(&mut xs, &max, &mut sum, bf16);
+            softmax_numerators_body(&mut slow, &max, &mut slow_sum, bf16);
+            assert_eq!((&xs, &sum), (&slow, &slow_sum));
+            // Column 3: the sum of its five unrounded exponentials, in row order.
+            let e = |r: usize| exp_one(-((r * 20 + 3) as f32) * 0.9 - 0.3);
+            assert_eq!(sum[3], (0..5).fold(0.0, |a, r| a + e(r)));
+            assert_eq!(xs[20 + 3], if bf16 { round_bf16(e(1)) } else { e(1) });
+        }
 
         let vals: Vec<Vec<f32>> = (0..10)
             .map(|j| (0..64).map(|x| ((j * 64 + x) as f32).sin()).collect())

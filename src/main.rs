@@ -10,13 +10,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_purge_delay` in mimalloc's option enum (the same index in its v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// mimalloc still returns free memory to the kernel 10 ms after a free, by default, and a
-/// 1 024-token prefill frees 12–25 MB activations and allocates them again a few ms
-/// later: 9 000 page faults per prefill, 5–7% of its time. Never purging keeps the
-/// process at its peak footprint, which a serving or training process reaches in its
-/// first step anyway. `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// mimalloc (v3, as linked) returns free memory to the kernel a second after a free by
+/// default, and a 1 024-token prefill (2 s on two cores) frees 12–25 MB activations and
+/// allocates them again later in the same step: 9 000 page faults per prefill, 5–7% of its
+/// time. Never purging keeps the process at its peak footprint, which a serving or
+/// training process reaches in its first step anyway. `MIMALLOC_PURGE_DELAY` (or its
+/// legacy name `MIMALLOC_RESET_DELAY`) in the environment still wins.
 fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    let set = |name: &str| std::env::var_os(name).is_some();
+    if !set("MIMALLOC_PURGE_DELAY") && !set("MIMALLOC_RESET_DELAY") {
         // SAFETY: sets one integer option; mimalloc reads options under its own locks.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }

@@ -59,8 +59,10 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
         })
         .collect::<Result<HashMap<_, _>>>()?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| Error::InvalidInput(format!("writing {}: {e}", path.display())))?;
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
+        e => Error::InvalidInput(format!("writing {}: {e}", path.display())),
+    })?;
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(path, e))
@@ -149,9 +151,13 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    // The files' names reach the disk before the swap, and the swap itself after it, so a
+    // power cut leaves the old directory or the new one, each whole.
+    sync_dir(&tmp)?;
     // A directory cannot be renamed over a non-empty one. Linux swaps the two in one step,
     // so `dir` is never missing; the temporary name then holds the old copy.
     if dir.exists() && exchange(&tmp, dir).map_err(|e| Error::io(dir, e))? {
+        sync_dir(parent)?;
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok(());
     }
@@ -167,8 +173,16 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
     std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    sync_dir(parent)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// fsync of a directory: makes the names in it (new files, renames) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Swaps two existing paths atomically (renameat2 with RENAME_EXCHANGE). Ok(false) where the

@@ -9,7 +9,6 @@ use super::attention_kernels::{
     weighted_values_1, weighted_values_8, weighted_values_32,
 };
 use super::dot::dot;
-use super::simd::prefetch;
 use super::{CpuTensor, Precision};
 use crate::backend::AttentionShape;
 use crate::kv::KvLayout;
@@ -81,9 +80,6 @@ fn attend<'a, Q: Fn(usize, usize) -> &'a [f32]>(
         let taken = KEY_STEP.min(keys - j0);
         // A short last step repeats its last key into lanes that are then dropped.
         let step: [&[f32]; KEY_STEP] = std::array::from_fn(|b| key_rows[j0 + b.min(taken - 1)]);
-        for next in key_rows.iter().skip(j0 + KEY_STEP).take(KEY_STEP) {
-            prefetch(next);
-        }
         let mut v = 0;
         while v < stride {
             let mut put = |b: usize, lanes: &[f32]| {
@@ -472,12 +468,19 @@ mod tests {
     use super::*;
     use crate::backend::cpu::test_util::{assert_close, numeric_grad, rand_vec};
 
-    /// Qwen3-0.6B's head shape (head_dim 128, two query heads per KV head): one query
-    /// row at a time (decode), a block of 16 (prefill) and the odd remainders give every
-    /// query the same bits, at both precisions, and match an f64 softmax.
+    /// One query row at a time (decode), a block of 16 (prefill) and the odd remainders
+    /// give every query the same bits, at both precisions, and match an f64 softmax: on
+    /// Qwen3-0.6B's head shape (head_dim 128, two query heads per KV head) and on shapes
+    /// that take the 8- and 1-wide value tails and other group sizes.
     #[test]
     fn a_query_gets_the_same_bits_alone_or_in_any_block() {
-        let (group, head_dim, n) = (2, 128, 37);
+        for (group, head_dim) in [(2, 128), (3, 72), (1, 20)] {
+            same_bits_in_any_block(group, head_dim);
+        }
+    }
+
+    fn same_bits_in_any_block(group: usize, head_dim: usize) {
+        let n = 37;
         let q = rand_vec(n * group * head_dim, 11);
         let k = rand_vec(n * head_dim, 12);
         let v = rand_vec(n * head_dim, 13);
@@ -510,7 +513,9 @@ mod tests {
             for (row0, rows) in [(0, 16), (16, 16), (32, 5), (7, 1), (36, 1), (3, 9)] {
                 let (part, lse) = run(row0, rows, precision);
                 let span = row0 * group * head_dim..(row0 + rows) * group * head_dim;
-                assert_eq!(part, whole[span], "{precision:?} rows {row0}+{rows}");
+                let at =
+                    format!("group {group} head_dim {head_dim} {precision:?} rows {row0}+{rows}");
+                assert_eq!(part, whole[span], "{at}");
                 assert_eq!(lse, whole_lse[row0 * group..(row0 + rows) * group]);
             }
         }
@@ -535,7 +540,8 @@ mod tests {
                     .map(|j| w[j] * value_rows[j][d] as f64)
                     .sum::<f64>()
                     / z;
-                assert!((got as f64 - want).abs() < 1e-5, "query {i} elem {d}");
+                let at = format!("group {group} head_dim {head_dim} query {i} elem {d}");
+                assert!((got as f64 - want).abs() < 1e-5, "{at}");
             }
         }
     }

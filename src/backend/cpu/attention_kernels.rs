@@ -17,7 +17,7 @@
 //! work shares a register, never a number.
 
 use super::precision::round_bf16;
-use super::simd::{multiversion, prefetch};
+use super::simd::multiversion;
 
 /// Queries per score register: 16 f32 lanes, one 512-bit register.
 pub const QUERY_LANES: usize = 16;
@@ -85,11 +85,12 @@ pub fn scores_wide(
     scores_wide_auto(qt, stride, keys, head_dim)
 }
 
-/// Below this the result is flushed to 0 (e^-87 is the smallest normal f32), so a
-/// masked score of -inf weighs exactly nothing.
+/// Below this the result is flushed to 0 (e^-87 is just above the smallest normal f32,
+/// e^-87.34), so a masked score of -inf weighs exactly nothing.
 const EXP_FLOOR: f32 = -87.0;
 
-/// e^x to about 1 ulp: x = n·ln2 + r with |r| ≤ ln2/2, e^r by Cephes' degree-6
+/// e^x within 2 ulp for x in [-87, 88] (softmax only asks for x ≤ 0); 0 below, e^88
+/// above, NaN for NaN. x = n·ln2 + r with |r| ≤ ln2/2, e^r by Cephes' degree-6
 /// polynomial, 2^n through the exponent bits. Branch-free, so it vectorizes; fused
 /// multiply-adds throughout, so every instruction set gets the same bits (libm's expf
 /// differs between libms and does not vectorize).
@@ -142,7 +143,6 @@ multiversion! {
 /// Adds keys `range` into the weighted values of up to 8 queries, `W` output elements
 /// from `d0`: `acc[q][x] += p[j·stride + lanes[q]] · values[j][d0 + x]` for j in order.
 /// Only `lanes[..active]` are touched; the others' accumulators keep their values.
-/// Value rows are asked for `AHEAD` keys early (`simd::prefetch` says why).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn weighted_values_body<const W: usize>(
@@ -160,11 +160,7 @@ fn weighted_values_body<const W: usize>(
     if active == VALUE_QUERIES {
         // All queries in locals: the compiler keeps the 8·W accumulators in registers.
         let mut a = *acc;
-        let end = range.end;
         for j in range {
-            if j + AHEAD < end {
-                prefetch(&values[j + AHEAD][d0..][..W]);
-            }
             let (v, w) = (row(j), &p[j * stride..][..stride]);
             for q in 0..VALUE_QUERIES {
                 let wq = w[lanes[q]];
@@ -186,9 +182,6 @@ fn weighted_values_body<const W: usize>(
         }
     }
 }
-
-/// Keys between a value row's prefetch and its use: ~8 keys of 16 FMAs cover a miss.
-const AHEAD: usize = 8;
 
 macro_rules! weighted_values_of_width {
     ($($name:ident = $w:literal),*) => {$(
@@ -243,7 +236,7 @@ pub fn weighted_values_32(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{AHEAD, KEY_STEP, VALUE_QUERIES, WIDE_LANES, prefetch};
+    use super::{KEY_STEP, VALUE_QUERIES, WIDE_LANES};
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn scores_wide(
@@ -252,7 +245,11 @@ mod avx512 {
         keys: &[&[f32]; KEY_STEP],
         head_dim: usize,
     ) -> [[f32; WIDE_LANES]; KEY_STEP] {
-        assert!(qt.len() >= (head_dim - 1) * stride + WIDE_LANES);
+        let last = head_dim
+            .checked_sub(1)
+            .and_then(|d| d.checked_mul(stride))
+            .and_then(|o| o.checked_add(WIDE_LANES));
+        assert!(head_dim == 0 || last.is_some_and(|l| l <= qt.len()));
         assert!(keys.iter().all(|k| k.len() >= head_dim));
         let mut acc = [_mm512_setzero_ps(); 2 * KEY_STEP];
         for d in 0..head_dim {
@@ -288,7 +285,7 @@ mod avx512 {
         acc: &mut [[f32; 32]; VALUE_QUERIES],
     ) {
         let end = range.end;
-        assert!(end <= values.len() && (end == 0 || p.len() >= (end - 1) * stride + stride));
+        assert!(end <= values.len() && end.checked_mul(stride).is_some_and(|l| l <= p.len()));
         assert!(lanes.iter().all(|&l| l < stride));
         let mut a = [_mm512_setzero_ps(); 2 * VALUE_QUERIES];
         for q in 0..VALUE_QUERIES {
@@ -299,9 +296,6 @@ mod avx512 {
             }
         }
         for j in range {
-            if j + AHEAD < end {
-                prefetch(&values[j + AHEAD][d0..][..32]);
-            }
             let row = &values[j][d0..][..32];
             // SAFETY: row holds 32 floats; j < end bounds p's row, lanes < stride.
             let (v0, v1) = unsafe {

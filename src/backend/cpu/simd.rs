@@ -59,21 +59,3 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
-
-/// Asks for the cache lines of `xs` ahead of their use. Attention's K and V rows are
-/// consecutive within a cache block, but the blocks lie anywhere in the pool, where the
-/// hardware prefetcher does not follow.
-#[inline(always)]
-pub fn prefetch(xs: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in xs.chunks(16) {
-        // SAFETY: a prefetch is a hint; it reads nothing and faults on no address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = xs;
-}

@@ -1,4 +1,4 @@
-//! The f32 dot product of attention scores and the weighted sum of values, compiled for
+//! The f32 dot product of the attention backward's scores, compiled for
 //! the best instruction set found at run time (`simd.rs`), and `Widen`, the weight element types
 //! the matrix kernels read.
 //!
@@ -76,19 +76,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_best(a, &b[..a.len()])
 }
 
-#[inline(always)]
-fn axpy_body(acc: &mut [f32], w: f32, v: &[f32]) {
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = x.mul_add(w, *a);
-    }
-}
-
-multiversion! {
-    /// `acc += w · v` elementwise, one fused multiply-add per element (attention's
-    /// probability-weighted values).
-    pub fn axpy(acc: &mut [f32], w: f32, v: &[f32]) = axpy_body;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,10 +86,6 @@ mod tests {
             let a: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k).map(|i| (i as f32 * 0.11).cos()).collect();
             assert_eq!(dot(&a, &b).to_bits(), portable(&a, &b).to_bits(), "k={k}");
-            let (mut fast, mut slow) = (b.clone(), b.clone());
-            axpy(&mut fast, 0.3, &a);
-            axpy_body(&mut slow, 0.3, &a);
-            assert_eq!(fast, slow, "k={k}");
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot(&a, &b) as f64 - want).abs() < 1e-4, "k={k}");
         }
